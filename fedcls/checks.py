@@ -1,0 +1,76 @@
+"""Value checks on a composed config: each failure names the key and the fix."""
+
+from __future__ import annotations
+
+from fedcls.errors import ConfigError, unknown_name
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_names(cfg: dict) -> None:
+    from fedcls.data.partition import KINDS
+    from fedcls.data.sources import SOURCES
+    from fedcls.models import MODELS, NORMS
+
+    for kind, value, valid, key in (
+            ("dataset", cfg["dataset"], list(SOURCES), "dataset"),
+            ("model", cfg["model"]["name"], list(MODELS), "model"),
+            ("normalisation", cfg["model"]["norm"], list(NORMS), "model.norm"),
+            ("partition kind", cfg["partition"]["kind"], list(KINDS), "partition.kind"),
+            ("device", cfg["device"], ["auto", "cpu", "cuda"], "device")):
+        if value not in valid:
+            raise unknown_name(kind, value, valid, key=key)
+
+
+def check_ranges(cfg: dict) -> None:
+    part, data, backend = cfg["partition"], cfg["data"], cfg["backend"]
+    for key in ("num_clients", "rounds", "local_epochs", "batch_size"):
+        _require(cfg[key] >= 1, f"{key} must be >= 1, got {cfg[key]}")
+    _require(cfg["lr"] > 0, f"lr must be > 0, got {cfg['lr']}")
+    _require(0 <= cfg["momentum"] < 1, f"momentum must be in [0, 1), got {cfg['momentum']}")
+    _require(cfg["weight_decay"] >= 0, f"weight_decay must be >= 0, got {cfg['weight_decay']}")
+    _require(0 < cfg["fraction_train"] <= 1,
+             f"fraction_train must be in (0, 1], got {cfg['fraction_train']}")
+    _require(0 <= cfg["fraction_evaluate"] <= 1,
+             f"fraction_evaluate must be in [0, 1], got {cfg['fraction_evaluate']}")
+    _require(part["alpha"] > 0, f"partition.alpha must be > 0, got {part['alpha']}")
+    _require(part["k"] >= 1, f"partition.k must be >= 1, got {part['k']}")
+    _require(part["shards_per_client"] >= 1,
+             f"partition.shards_per_client must be >= 1, got {part['shards_per_client']}")
+    _require(part["sigma"] >= 0, f"partition.sigma must be >= 0, got {part['sigma']}")
+    _require(part["min_size"] >= 1, f"partition.min_size must be >= 1, got {part['min_size']}")
+    for key in ("test_fraction", "local_test_fraction"):
+        _require(0 < data[key] < 1, f"data.{key} must be in (0, 1), got {data[key]}")
+    syn = data["synthetic"]
+    for key in ("num_samples", "num_classes", "channels", "image_size"):
+        _require(syn[key] >= 1, f"data.synthetic.{key} must be >= 1, got {syn[key]}")
+    _require(backend["num_cpus"] > 0, f"backend.num_cpus must be > 0, got {backend['num_cpus']}")
+    _require(backend["num_gpus"] >= 0, f"backend.num_gpus must be >= 0, got {backend['num_gpus']}")
+    _require(not (cfg["device"] == "cuda" and backend["num_gpus"] == 0),
+             "device=cuda needs GPUs for the clients: set backend.num_gpus (e.g. 0.25)")
+
+
+def check_fits_data(cfg: dict) -> None:
+    """Class counts and sizes the dataset can satisfy (known without loading it)."""
+    from fedcls.data.sources import SOURCES
+
+    spec, part, n = SOURCES[cfg["dataset"]], cfg["partition"], cfg["num_clients"]
+    classes, pool = spec.num_classes(cfg), spec.train_size(cfg)
+    _require(part["kind"] != "label_k" or part["k"] <= classes,
+             f"partition.k={part['k']} is above the {classes} classes of {cfg['dataset']}")
+    per_client = {"shards": part["shards_per_client"], "dirichlet": part["min_size"],
+                  "quantity": part["min_size"]}.get(part["kind"], 2)
+    _require(n * per_client <= pool,
+             f"num_clients={n} is more than {cfg['dataset']}'s {pool} training samples allow "
+             f"at {per_client} per client; lower num_clients"
+             + (" or partition.min_size" if part["kind"] in ("dirichlet", "quantity") else ""))
+
+
+def check_values(cfg: dict) -> None:
+    """Raise ConfigError for unknown names or impossible values."""
+    check_names(cfg)
+    check_ranges(cfg)
+    check_fits_data(cfg)

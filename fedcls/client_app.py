@@ -1,0 +1,91 @@
+"""The Flower ClientApp: translates Messages to and from the one local training loop.
+
+The same app runs in simulation (a Ray actor per client slot) and at a real site (a SuperNode).
+The resolved fedcls config arrives with every message (ConfigRecord key ``fedcls-config``), so a
+site needs no copy of the server's config; data and model come from the per-actor cache.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+import strategies
+from fedcls.runtime import get_runtime
+from fedcls.training import TrainParams, evaluate, local_update
+
+CONFIG_KEY = "fedcls-config"  # ConfigRecord entry holding the resolved config as JSON
+SITE_KEY = "site-id"
+STATE_PREFIX = "fedcls."  # client state entries in context.state (one ArrayRecord each)
+
+app = ClientApp()
+
+
+def site_id(context: Context) -> int:
+    """This node's site: the simulation's partition id."""
+    return int(context.node_config["partition-id"])
+
+
+def round_seed(cfg: dict, server_round: int, site: int) -> int:
+    """Seed of one client's local work in one round, derived from (seed, round, site)."""
+    return int(np.random.SeedSequence([cfg["seed"], server_round, site]).generate_state(1)[0])
+
+
+def _load_state(context: Context) -> dict:
+    return {key[len(STATE_PREFIX):]: rec.to_torch_state_dict()
+            for key, rec in context.state.array_records.items() if key.startswith(STATE_PREFIX)}
+
+
+def _save_state(context: Context, state: dict) -> None:
+    for name, tensors in state.items():
+        context.state[STATE_PREFIX + name] = ArrayRecord({k: v.detach().cpu() for k, v in tensors.items()})
+
+
+def _setup(msg: Message, context: Context):
+    config = msg.content["config"]
+    cfg = json.loads(str(config[CONFIG_KEY]))
+    torch.set_num_threads(max(int(cfg["backend"]["num_cpus"]), 1))
+    runtime = get_runtime(cfg)
+    runtime.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return cfg, config, runtime
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg, config, runtime = _setup(msg, context)
+    site = site_id(context)
+    seed = round_seed(cfg, int(config["server-round"]), site)
+    torch.manual_seed(seed)
+    params = TrainParams(cfg["local_epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"],
+                         cfg["weight_decay"], seed)
+    module = strategies.get(cfg["strategy"]["name"])
+    hooks = module.client_hooks(config) if hasattr(module, "client_hooks") else []
+    data = runtime.site(site)
+    metrics, state = local_update(runtime.model, data, params, hooks, _load_state(context))
+    _save_state(context, state)
+    metrics["num-examples"] = len(data.train_y)
+    content = RecordDict({"arrays": ArrayRecord(runtime.model.state_dict()),
+                          "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_local(msg: Message, context: Context) -> Message:
+    cfg, _, runtime = _setup(msg, context)
+    site = site_id(context)
+    data = runtime.site(site)
+    loss, acc = evaluate(runtime.model, data.test_x, data.test_y, noise_scale=data.noise_scale,
+                         seed=round_seed(cfg, 0, site))
+    metrics = MetricRecord({"loss": loss, "accuracy": acc, "num-examples": len(data.test_y)})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which site this node serves (see fedcls.federation.discover_sites)."""
+    return Message(content=RecordDict({"site": ConfigRecord({SITE_KEY: site_id(context)})}),
+                   reply_to=msg)

@@ -1,0 +1,193 @@
+"""Config: defaults + scenario file + command-line overrides -> one validated plain dict.
+
+Overrides use Hydra's override grammar (``key=value``, nested ``a.b=c``), parsed by Hydra's own
+parser. ``strategy=NAME`` and ``model=NAME`` select a group: they set ``<group>.name`` (a new
+strategy replaces the whole ``strategy`` node, as a Hydra group choice would) before the other
+overrides apply, so their order on the command line does not matter.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import strategies
+from fedcls.errors import ConfigError, unknown_name
+
+DEFAULTS_FILE = Path(__file__).parent / "conf" / "defaults.yaml"
+SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
+GROUPS = ("strategy", "model")  # dict nodes chosen by name: `strategy=fedprox` -> strategy.name
+
+
+def load_defaults() -> dict:
+    """The default config (fedcls/conf/defaults.yaml)."""
+    return yaml.safe_load(DEFAULTS_FILE.read_text())
+
+
+def scenario_names() -> list[str]:
+    """Names of the scenario files in scenarios/."""
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+
+
+def load_scenario(name: str) -> dict:
+    """A scenario file's content, by name (scenarios/NAME.yaml) or by path to a .yaml file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SCENARIO_DIR / f"{name}.yaml"
+    if not path.is_file():
+        if name.endswith((".yaml", ".yml")):
+            raise ConfigError(f"scenario file not found: {path}")
+        raise unknown_name("scenario", name, scenario_names(), key="scenario")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"scenario file {path} is not valid YAML: {err}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"scenario file {path} must hold a mapping of config keys")
+    return content
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """(key, value) pairs from Hydra-grammar overrides; sweeps are refused here."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    pairs = []
+    for arg in args:
+        try:
+            (override,) = OverridesParser.create().parse_overrides([arg])
+        except HydraException as err:
+            first = str(err).splitlines()[0]
+            raise ConfigError(f"cannot parse '{arg}': {first}. Overrides look like key=value.")
+        if override.is_sweep_override():
+            raise ConfigError(f"'{arg}' is a sweep; run grids with python -m fedcls.sweep")
+        key = override.key_or_group.lstrip("+")
+        pairs.append((key, override.value()))
+    return pairs
+
+
+def compose(args: list[str]) -> dict:
+    """Resolved, validated config from command-line overrides."""
+    pairs = parse_overrides(args)
+    cfg = load_defaults()
+    scenario = next((v for k, v in reversed(pairs) if k == "scenario"), None)
+    if scenario is not None:
+        _merge(cfg, load_scenario(str(scenario)), f"scenarios/{scenario}.yaml")
+        cfg["scenario"] = str(scenario)
+    for key, value in pairs:  # group choices first, like Hydra's defaults list
+        if key in GROUPS:
+            _choose_group(cfg, key, value)
+    for key, value in pairs:
+        if key not in GROUPS and key != "scenario":
+            _set(cfg, key, value)
+    _fill_strategy_defaults(cfg)
+    validate(cfg)
+    return cfg
+
+
+def _choose_group(cfg: dict, group: str, name: Any) -> None:
+    if isinstance(name, dict):
+        _merge(cfg, {group: name}, "the command line")
+    elif group == "strategy":
+        cfg["strategy"] = {"name": name}
+    else:
+        cfg[group]["name"] = name
+
+
+def _set(cfg: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for i, part in enumerate(parents):
+        if not isinstance(node.get(part), dict):
+            raise _unknown_key(".".join(parents[: i + 1]), cfg)
+        node = node[part]
+    free = parents[:1] == ["strategy"]  # strategy params are checked against the strategy later
+    if leaf not in node and not free:
+        raise _unknown_key(dotted, cfg)
+    if isinstance(node.get(leaf), dict) and not isinstance(value, dict):
+        raise ConfigError(f"'{dotted}' is a section, not a value; set one of its keys, "
+                          f"e.g. {dotted}.{next(iter(node[leaf]))}=...")
+    node[leaf] = value
+
+
+def _merge(cfg: dict, update: dict, source: str, prefix: str = "") -> None:
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if dotted == "strategy" and isinstance(value, dict):  # a named strategy replaces the node
+            cfg["strategy"] = value if "name" in value else {**cfg["strategy"], **value}
+        elif isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            _merge(cfg[key], value, source, f"{dotted}.")
+        elif key not in cfg:
+            raise ConfigError(f"{source}: {_unknown_key(dotted, load_defaults())}")
+        else:
+            cfg[key] = value
+
+
+def _flat_keys(cfg: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in cfg.items():
+        keys.append(prefix + key)
+        if isinstance(value, dict):
+            keys += _flat_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _unknown_key(dotted: str, cfg: dict) -> ConfigError:
+    close = difflib.get_close_matches(dotted, _flat_keys(cfg), n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{dotted}'.{hint} "
+                       "See python -m fedcls.simulate --help for the keys.")
+
+
+def _fill_strategy_defaults(cfg: dict) -> None:
+    node = cfg["strategy"]
+    name = node.get("name")
+    module = strategies.get(str(name))
+    for key, value in node.items():
+        if key != "name" and key not in module.PARAMS:
+            close = difflib.get_close_matches(key, list(module.PARAMS), n=1)
+            hint = f" Did you mean 'strategy.{close[0]}'?" if close else ""
+            valid = ", ".join(module.PARAMS) or "none"
+            raise ConfigError(f"strategy '{name}' has no parameter '{key}'.{hint} "
+                              f"Its parameters: {valid}.")
+    cfg["strategy"] = {"name": name, **strategies.defaults(str(name)), **node}
+
+
+def validate(cfg: dict) -> None:
+    """Raise ConfigError naming the key for any wrong type, name or impossible value."""
+    _check_types(cfg, load_defaults())
+    module = strategies.get(cfg["strategy"]["name"])
+    for key, param in module.PARAMS.items():
+        if (message := param.check(f"strategy.{key}", cfg["strategy"][key])) is not None:
+            raise ConfigError(message)
+    from fedcls.checks import check_values
+
+    check_values(cfg)
+
+
+def _check_types(cfg: dict, defaults: dict, prefix: str = "") -> None:
+    for key, default in defaults.items():
+        dotted, value = f"{prefix}{key}", cfg.get(key)
+        if key == "strategy" and not prefix:
+            continue
+        if isinstance(default, dict):
+            _check_types(value, default, f"{dotted}.")
+        elif default is None:
+            if value is not None and not isinstance(value, (str, int)):
+                raise ConfigError(f"{dotted} must be a string or null, got {value!r}")
+            if isinstance(value, int) and not isinstance(value, bool):
+                cfg[key] = str(value)
+        elif isinstance(default, bool) != isinstance(value, bool):
+            raise ConfigError(f"{dotted} must be true or false, got {value!r}")
+        elif isinstance(default, float) and isinstance(value, int):
+            cfg[key] = float(value)
+        elif not isinstance(value, type(default)):
+            kind = {int: "an integer", float: "a number", str: "a string"}[type(default)]
+            raise ConfigError(f"{dotted} must be {kind}, got {value!r}")
+
+
+def to_yaml(cfg: dict) -> str:
+    """The resolved config as YAML (what --cfg job prints and config.yaml holds)."""
+    return yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False)

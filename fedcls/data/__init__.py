@@ -1,0 +1,1 @@
+"""Data: sources (tensors), partitions (indices per site), and the federation's site data."""

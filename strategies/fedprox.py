@@ -1,0 +1,37 @@
+"""FedProx (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020): local
+SGD on the loss plus the proximal term (mu/2) * ||w - w_global||^2.
+
+Server half: Flower's FedProx, which sends mu as "proximal-mu" in the round's ConfigRecord.
+Client half: ``ProximalTerm``, a hook in the one training loop. With mu = 0 the hook adds
+nothing at all, so FedProx(mu=0) computes exactly FedAvg's numbers.
+"""
+
+import torch
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import FedProx, Strategy
+
+from fedcls.training import Hook, TrainContext
+from strategies import Param
+
+PARAMS = {"proximal_mu": Param(0.01, "weight mu of the proximal term", minimum=0.0)}
+
+
+def build_server(params: dict, common: dict) -> Strategy:
+    return FedProx(proximal_mu=params["proximal_mu"], **common)
+
+
+class ProximalTerm(Hook):
+    """Adds (mu/2) * sum over parameters of ||w - w_global||^2 to the loss (the paper's h_k)."""
+
+    def __init__(self, mu: float):
+        self.mu = mu
+
+    def extra_loss(self, ctx: TrainContext) -> torch.Tensor | None:
+        if self.mu == 0.0:
+            return None
+        squared = sum(((w - g) ** 2).sum() for w, g in zip(ctx.model.parameters(), ctx.global_params))
+        return 0.5 * self.mu * squared
+
+
+def client_hooks(config: ConfigRecord) -> list[Hook]:
+    return [ProximalTerm(float(config["proximal-mu"]))]
