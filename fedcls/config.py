@@ -147,7 +147,8 @@ def _fill_strategy_defaults(cfg: dict) -> None:
     module = strategies.get(str(name))
     for key, value in node.items():
         if key != "name" and key not in module.PARAMS:
-            close = difflib.get_close_matches(key, list(module.PARAMS), n=1)
+            close = (difflib.get_close_matches(key, list(module.PARAMS), n=1)
+                     or [p for p in module.PARAMS if key in p])
             hint = f" Did you mean 'strategy.{close[0]}'?" if close else ""
             valid = ", ".join(module.PARAMS) or "none"
             raise ConfigError(f"strategy '{name}' has no parameter '{key}'.{hint} "

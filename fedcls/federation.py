@@ -110,7 +110,7 @@ def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
     recorder.start(federated_data(cfg))
     payload = json.dumps(cfg)
     for rnd in range(1, cfg["rounds"] + 1):
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         random.seed(f"{cfg['seed']}-{rnd}")  # Flower's node sampling draws from `random`
         config = ConfigRecord({CONFIG_KEY: payload})
         replies = list(grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid)))
@@ -124,6 +124,6 @@ def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
             "accuracy": accuracy, "loss": loss,
             "train": dict(train_metrics or {}), "clients": dict(client_metrics or {}),
             "sampled": len(replies), "failures": _failures(replies) + _failures(eval_replies),
-            "seconds": time.perf_counter() - started,
+            "seconds": time.perf_counter() - started, "started_at": started_at,
         })
     return arrays

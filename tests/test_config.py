@@ -1,0 +1,85 @@
+import pytest
+import yaml
+
+from fedcls.config import compose, load_defaults, scenario_names
+from fedcls.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", scenario_names())
+def test_every_scenario_file_composes_and_validates(name):
+    cfg = compose([f"scenario={name}"])
+    assert cfg["scenario"] == name
+    assert cfg["partition"]["kind"] in name.replace("label", "label_k") or name == "iid"
+
+
+def test_required_scenarios_exist():
+    assert {"iid", "dirichlet_1.0", "dirichlet_0.5", "dirichlet_0.1", "label_1", "label_2",
+            "label_3", "quantity_0.5", "noise_0.1"} <= set(scenario_names())
+
+
+def test_overrides_beat_scenario_which_beats_defaults():
+    cfg = compose(["scenario=dirichlet_0.1", "partition.alpha=0.3", "num_clients=20", "lr=1"])
+    assert cfg["partition"] == {**load_defaults()["partition"], "kind": "dirichlet", "alpha": 0.3}
+    assert cfg["num_clients"] == 20 and cfg["lr"] == 1.0 and isinstance(cfg["lr"], float)
+
+
+def test_strategy_choice_fills_its_defaults_in_any_order():
+    a = compose(["strategy.proximal_mu=0.5", "strategy=fedprox"])
+    b = compose(["strategy=fedprox"])
+    assert a["strategy"] == {"name": "fedprox", "proximal_mu": 0.5}
+    assert b["strategy"] == {"name": "fedprox", "proximal_mu": 0.01}
+    assert compose([])["strategy"] == {"name": "fedavg"}
+
+
+def test_model_choice_keeps_model_options():
+    cfg = compose(["model=resnet18", "model.norm=group"])
+    assert cfg["model"] == {"name": "resnet18", "norm": "group"}
+
+
+def test_scenario_path_and_yaml_roundtrip(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("partition: {kind: label_k, k: 4}\nrounds: 3\n")
+    cfg = compose([f"scenario={path}"])
+    assert cfg["partition"]["k"] == 4 and cfg["rounds"] == 3
+    assert yaml.safe_load(yaml.safe_dump(cfg)) == cfg
+
+
+@pytest.mark.parametrize("args, message", [
+    (["scenario=dirichlet_01"], "Did you mean 'dirichlet_0.1'"),
+    (["strategy=fedprxo"], "Did you mean 'fedprox'"),
+    (["dataset=mnist5"], "Did you mean 'mnist5k'"),
+    (["model=simplecnn"], "Did you mean 'simple_cnn'"),
+    (["partition.kind=diriclet"], "Did you mean 'dirichlet'"),
+    (["partition.alhpa=0.1"], "Did you mean 'partition.alpha'"),
+    (["nun_clients=3"], "Did you mean 'num_clients'"),
+    (["strategy.proximal_mu=0.1"], "strategy 'fedavg' has no parameter 'proximal_mu'"),
+    (["strategy=fedprox", "strategy.mu=0.1"], "Did you mean 'strategy.proximal_mu'"),
+    (["partition.alpha=0"], "partition.alpha must be > 0"),
+    (["partition.alpha=-1"], "partition.alpha must be > 0"),
+    (["num_clients=0"], "num_clients must be >= 1"),
+    (["num_clients=3000"], "num_clients=3000 is more than"),
+    (["scenario=dirichlet_0.1", "num_clients=401"], "lower num_clients or partition.min_size"),
+    (["fraction_train=0"], "fraction_train must be in (0, 1]"),
+    (["fraction_train=1.5"], "fraction_train must be in (0, 1]"),
+    (["rounds=0"], "rounds must be >= 1"),
+    (["scenario=label_2", "partition.k=11"], "partition.k=11 is above the 10 classes"),
+    (["lr=fast"], "lr must be a number"),
+    (["num_clients=2.5"], "num_clients must be an integer"),
+    (["verbose=maybe"], "verbose must be true or false"),
+    (["strategy=fedprox", "strategy.proximal_mu=-1"], "strategy.proximal_mu must be >= 0"),
+    (["device=cuda"], "set backend.num_gpus"),
+    (["partition=dirichlet"], "'partition' is a section"),
+    (["strategy=fedavg,fedprox"], "is a sweep"),
+    (["rounds"], "cannot parse 'rounds'"),
+])
+def test_bad_input_names_the_key(args, message):
+    with pytest.raises(ConfigError) as err:
+        compose(args)
+    assert message in str(err.value)
+
+
+def test_unknown_key_in_scenario_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("partition: {kind: iid, alfa: 1}\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*partition.alfa.*partition.alpha"):
+        compose([f"scenario={path}"])

@@ -1,0 +1,95 @@
+import json
+import random
+from types import SimpleNamespace
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg, FedProx
+
+from fedcls.config import compose
+from fedcls.federation import SiteOrderedGrid, aggregate_with_spread, build_strategy
+from fedcls.results import Recorder, console_line
+
+
+def reply(acc, n, loss=1.0):
+    return RecordDict({"metrics": MetricRecord({"accuracy": acc, "loss": loss, "num-examples": n})})
+
+
+def test_aggregate_with_spread_by_hand():
+    agg = aggregate_with_spread([reply(0.5, 10), reply(1.0, 30)], "num-examples")
+    assert agg["accuracy"] == pytest.approx(0.875)  # (0.5*10 + 1.0*30) / 40
+    assert agg["accuracy_mean"] == pytest.approx(0.75)
+    assert (agg["accuracy_min"], agg["accuracy_max"]) == (0.5, 1.0)
+
+
+def test_build_strategy_uses_flowers_classes_with_our_settings():
+    fedavg = build_strategy(compose(["fraction_train=0.5", "num_clients=4"]))
+    prox = build_strategy(compose(["strategy=fedprox", "strategy.proximal_mu=0.2"]))
+    assert type(fedavg) is FedAvg and fedavg.fraction_train == 0.5 and fedavg.min_available_nodes == 4
+    assert type(prox) is FedProx and prox.proximal_mu == 0.2
+
+
+class FakeGrid:
+    """A stand-in transport: node ids in arbitrary order, replies in arbitrary order."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, timeout=None):
+        return [SimpleNamespace(metadata=SimpleNamespace(src_node_id=m.metadata.dst_node_id))
+                for m in reversed(list(messages))]
+
+
+def test_site_ordered_grid_makes_sampling_and_replies_follow_site_order(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # Messages need a run and node id
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)  # outside a running Grid
+    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
+    site_of_node = {907: 2, 15: 0, 4411: 1}
+    grid = SiteOrderedGrid(FakeGrid([4411, 907, 15]), site_of_node)
+    assert grid.get_node_ids() == [15, 4411, 907]
+    strategy = FedAvg(fraction_train=0.67, min_available_nodes=3)
+    picks = []
+    for _ in range(2):
+        random.seed("0-1")
+        picks.append([m.metadata.dst_node_id for m in
+                      strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)])
+    assert picks[0] == picks[1] and len(picks[0]) == 2
+    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), SiteOrderedGrid(
+        FakeGrid([907, 15, 4411]), site_of_node))
+    replies = grid.send_and_receive(messages)
+    sites = [site_of_node[r.metadata.src_node_id] for r in replies]
+    assert sites == sorted(sites)
+
+
+def row(rnd, acc, failures=()):
+    return {"accuracy": acc, "loss": 1 - acc, "train": {"train_loss": 0.5},
+            "clients": {"accuracy_mean": acc, "accuracy_min": acc - 0.1, "accuracy_max": acc + 0.1},
+            "sampled": 3, "failures": list(failures), "seconds": 1.5, "started_at": 0.0}
+
+
+def test_recorder_writes_lines_as_rounds_end_and_a_summary_when_interrupted(tmp_path):
+    cfg = compose(["rounds=5"])
+    lines = []
+    rec = Recorder(tmp_path / "run", cfg, echo=lines.append)
+    rec.round(1, row(1, 0.5))
+    rec.round(2, row(2, 0.7, failures=["ClientAppException: boom"]))
+    stored = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in stored] == [1, 2] and stored[1]["accuracy"] == 0.7
+    assert "round   2/5" in lines[1] and "1 failed: ClientAppException: boom" in lines[1]
+    summary = rec.finish("interrupted", error="KeyboardInterrupt")
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["status"] == "interrupted" and on_disk["rounds_completed"] == 2
+    assert summary["best_accuracy"] == 0.7 and summary["best_round"] == 2
+    assert (tmp_path / "run" / "plots" / "accuracy.png").stat().st_size > 0
+    assert (tmp_path / "run" / "config.yaml").read_text().startswith("scenario: null")
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_console_line_is_one_readable_line():
+    line = console_line({"round": 3, **row(3, 0.9123)}, 20)
+    assert "\n" not in line and "acc 0.9123" in line and "sites acc 0.912 [0.812-1.012]" in line
