@@ -21,6 +21,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 import strategies
 from fedcls.client_app import CONFIG_KEY, SITE_KEY
+from fedcls.errors import ConfigError
 from fedcls.results import Recorder
 from fedcls.models import build_model
 from fedcls.runtime import federated_data
@@ -99,13 +100,31 @@ def global_evaluator(cfg: dict):
 
 
 def _failures(replies: list[Message]) -> list[str]:
-    return [m.error.reason for m in replies if m.has_error()]
+    """Short reasons of failed replies (Flower's carry a whole Ray traceback)."""
+    reasons = []
+    for m in (m for m in replies if m.has_error()):
+        reason = str(m.error.reason)
+        short = reason.rsplit("Message: ", 1)[-1] if "Message: " in reason else reason.splitlines()[-1]
+        reasons.append(short.strip().rstrip("'>").strip())
+    return reasons
+
+
+def check_roster(site_of_node: dict[int, int], num_clients: int) -> None:
+    """Every site 0..num_clients-1 served by exactly one node, or a clear error."""
+    sites = sorted(site_of_node.values())
+    if sites != list(range(num_clients)):
+        raise ConfigError(
+            f"the federation's {len(sites)} nodes serve sites {sites[:12]}{'...' if len(sites) > 12 else ''}"
+            f", but num_clients={num_clients} needs sites 0..{num_clients - 1}: set num_clients="
+            f"{len(sites)} or give the federation {num_clients} nodes (num-supernodes)")
 
 
 def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
     """Run cfg["rounds"] rounds of the configured strategy over `grid`; returns the weights."""
     strategy = build_strategy(cfg)
-    grid = SiteOrderedGrid(grid, discover_sites(grid, cfg["num_clients"]))
+    site_of_node = discover_sites(grid, cfg["num_clients"])
+    check_roster(site_of_node, cfg["num_clients"])
+    grid = SiteOrderedGrid(grid, site_of_node)
     arrays, evaluate_global = global_evaluator(cfg)
     recorder.start(federated_data(cfg))
     payload = json.dumps(cfg)

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from fedcls.errors import UserError
 from fedcls.results import Recorder, new_run_dir
 from fedcls.runtime import federated_data
 
@@ -28,6 +29,9 @@ def run(cfg: dict) -> int:
         os._exit(130)  # the ServerApp thread would otherwise keep the process alive
     except Exception as err:  # the ServerApp already wrote a 'failed' summary
         cause = err.__cause__ or err
+        if isinstance(cause, UserError):
+            print(f"error: {cause}", file=sys.stderr)
+            return cause.exit_code
         print(f"error: the run failed: {type(cause).__name__}: {cause}\n"
               f"rounds completed so far are in {recorder.run_dir}", file=sys.stderr)
         return 1

@@ -7,7 +7,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from fedcls.config import compose
-from fedcls.federation import SiteOrderedGrid, aggregate_with_spread, build_strategy
+from fedcls.errors import ConfigError
+from fedcls.federation import SiteOrderedGrid, _failures, aggregate_with_spread, build_strategy, check_roster
 from fedcls.results import Recorder, console_line
 
 
@@ -93,3 +94,17 @@ def test_recorder_writes_lines_as_rounds_end_and_a_summary_when_interrupted(tmp_
 def test_console_line_is_one_readable_line():
     line = console_line({"round": 3, **row(3, 0.9123)}, 20)
     assert "\n" not in line and "acc 0.9123" in line and "sites acc 0.912 [0.812-1.012]" in line
+
+
+def test_roster_must_cover_every_site_once():
+    check_roster({11: 1, 7: 0, 3: 2}, 3)
+    with pytest.raises(ConfigError, match="set num_clients=10"):
+        check_roster({n: n for n in range(10)}, 3)
+
+
+def test_failure_reasons_are_shortened_to_the_exception_message():
+    error = SimpleNamespace(reason="<class 'RayTaskError'>:<'ray::run() ...\n  File x\n"
+                                   "Exception ClientAppException occurred. Message: boom'>")
+    failed = SimpleNamespace(has_error=lambda: True, error=error)
+    ok = SimpleNamespace(has_error=lambda: False)
+    assert _failures([ok, failed]) == ["boom"]
