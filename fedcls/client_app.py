@@ -49,9 +49,24 @@ def _setup(msg: Message, context: Context):
     config = msg.content["config"]
     cfg = json.loads(str(config[CONFIG_KEY]))
     torch.set_num_threads(max(int(cfg["backend"]["num_cpus"]), 1))
-    runtime = get_runtime(cfg)
-    runtime.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return cfg, config, runtime
+    return cfg, config, get_runtime(cfg)
+
+
+def _hooks(cfg: dict, msg: Message) -> list:
+    module = strategies.get(cfg["strategy"]["name"])
+    if not hasattr(module, "client_hooks"):
+        return []
+    inbox = {key: rec.to_torch_state_dict() for key, rec in msg.content.array_records.items()
+             if key != "arrays"}
+    return module.client_hooks(msg.content["config"], inbox)
+
+
+def _load_weights(model, arrays: ArrayRecord, local_keys: set[str]) -> None:
+    """Load the global weights; only keys that hooks keep at the site may be absent."""
+    missing, unexpected = model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
+    if unexpected or set(missing) - local_keys:
+        raise ValueError(f"global weights do not fit the model: missing "
+                         f"{sorted(set(missing) - local_keys)[:5]}, unexpected {unexpected[:5]}")
 
 
 @app.train()
@@ -62,14 +77,19 @@ def train(msg: Message, context: Context) -> Message:
     torch.manual_seed(seed)
     params = TrainParams(cfg["local_epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"],
                          cfg["weight_decay"], seed)
-    module = strategies.get(cfg["strategy"]["name"])
-    hooks = module.client_hooks(config) if hasattr(module, "client_hooks") else []
+    hooks, model = _hooks(cfg, msg), runtime.model
+    local_keys = set().union(*(h.local_keys(model) for h in hooks))
+    _load_weights(model, msg.content["arrays"], local_keys)
+    state = _load_state(context)
+    rounds = int(state.pop("fedcls", {}).get("participations", torch.tensor(0))) + 1
     data = runtime.site(site)
-    metrics, state = local_update(runtime.model, data, params, hooks, _load_state(context))
-    _save_state(context, state)
-    metrics["num-examples"] = len(data.train_y)
-    content = RecordDict({"arrays": ArrayRecord(runtime.model.state_dict()),
-                          "metrics": MetricRecord(metrics)})
+    result = local_update(model, data, params, hooks, state)
+    _save_state(context, {**result.state, "fedcls": {"participations": torch.tensor(rounds)}})
+    metrics = {**result.metrics, "participations": float(rounds), "site": float(site),
+               "num-examples": len(data.train_y)}
+    weights = {k: v for k, v in model.state_dict().items() if k not in local_keys}
+    content = RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics),
+                          **{name: ArrayRecord(t) for name, t in result.outbox.items()}})
     return Message(content=content, reply_to=msg)
 
 
@@ -77,6 +97,11 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_local(msg: Message, context: Context) -> Message:
     cfg, _, runtime = _setup(msg, context)
     site = site_id(context)
+    hooks = _hooks(cfg, msg)
+    local_keys = set().union(*(h.local_keys(runtime.model) for h in hooks))
+    _load_weights(runtime.model, msg.content["arrays"], local_keys)
+    for hook in hooks:  # e.g. FedBN puts the site's own BatchNorm back
+        hook.before_evaluate(runtime.model, _load_state(context))
     data = runtime.site(site)
     loss, acc = evaluate(runtime.model, data.test_x, data.test_y, noise_scale=data.noise_scale,
                          seed=round_seed(cfg, 0, site))

@@ -166,6 +166,8 @@ def validate(cfg: dict) -> None:
     from fedcls.checks import check_values
 
     check_values(cfg)
+    if hasattr(module, "check") and (message := module.check(cfg)) is not None:
+        raise ConfigError(message)
 
 
 def _check_types(cfg: dict, defaults: dict, prefix: str = "") -> None:

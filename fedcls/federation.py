@@ -28,6 +28,7 @@ from fedcls.runtime import federated_data
 from fedcls.training import evaluate
 
 QUERY_TIMEOUT_S = 600.0
+PER_CLIENT = ("site", "participations")  # train metrics that make no sense averaged
 
 
 def aggregate_with_spread(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -50,7 +51,7 @@ def build_strategy(cfg: dict) -> Strategy:
         "evaluate_metrics_aggr_fn": aggregate_with_spread,
     }
     params = {k: v for k, v in cfg["strategy"].items() if k != "name"}
-    return strategies.get(cfg["strategy"]["name"]).build_server(params, common)
+    return strategies.get(cfg["strategy"]["name"]).build_server(params, common, cfg)
 
 
 class SiteOrderedGrid:
@@ -93,7 +94,9 @@ def global_evaluator(cfg: dict):
     test_x, test_y = ds.normalize(ds.test_x).to(device), ds.test_y.to(device)
 
     def evaluate_global(arrays: ArrayRecord) -> tuple[float, float]:
-        model.load_state_dict(arrays.to_torch_state_dict())
+        # strict=False: strategies such as FedBN keep some weights at the sites; the global
+        # model then evaluates with those layers as initialised
+        model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
         return evaluate(model, test_x, test_y)
 
     return ArrayRecord(model.state_dict()), evaluate_global
@@ -107,6 +110,15 @@ def _failures(replies: list[Message]) -> list[str]:
         short = reason.rsplit("Message: ", 1)[-1] if "Message: " in reason else reason.splitlines()[-1]
         reasons.append(short.strip().rstrip("'>").strip())
     return reasons
+
+
+def _trained_sites(replies: list[Message]) -> list[list[int]]:
+    """[site, times it has trained so far] for each client that trained this round."""
+    out = []
+    for m in (m for m in replies if not m.has_error()):
+        metrics = next(iter(m.content.metric_records.values()))
+        out.append([int(metrics["site"]), int(metrics["participations"])])
+    return out
 
 
 def check_roster(site_of_node: dict[int, int], num_clients: int) -> None:
@@ -141,8 +153,10 @@ def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
         loss, accuracy = evaluate_global(arrays)
         recorder.round(rnd, {
             "accuracy": accuracy, "loss": loss,
-            "train": dict(train_metrics or {}), "clients": dict(client_metrics or {}),
-            "sampled": len(replies), "failures": _failures(replies) + _failures(eval_replies),
+            "train": {k: v for k, v in dict(train_metrics or {}).items() if k not in PER_CLIENT},
+            "clients": dict(client_metrics or {}),
+            "sampled": len(replies), "trained": _trained_sites(replies),
+            "failures": _failures(replies) + _failures(eval_replies),
             "seconds": time.perf_counter() - started, "started_at": started_at,
         })
     return arrays

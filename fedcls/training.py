@@ -5,11 +5,16 @@ global weights and returns (metrics, new state); the weights are the model's own
 (FedProx's proximal term, SCAFFOLD's correction, EWC's penalty, CORAL's loss) are hooks that
 compose; they are called in list order at these points of each step:
 
+    local_keys(model) -> keys            which weights stay at the site (FedBN's BatchNorm)
     before_training(ctx)                 once, after the global weights are loaded
-    per batch:  forward -> loss = CE + sum(h.extra_loss(ctx))
+    per batch:  forward (ctx.features, ctx.logits) -> loss = CE + sum(h.extra_loss(ctx))
                 backward -> h.after_backward(ctx)   (gradient corrections)
                 optimizer.step -> h.after_step(ctx)
-    after_training(ctx) -> metrics       once; may update ctx.state
+    after_training(ctx) -> metrics       once; may update ctx.state and ctx.outbox
+
+``ctx.state`` is the client's own state, kept across rounds (SCAFFOLD's c_i, FedDyn's gradient
+term, MOON's previous model); ``ctx.outbox`` holds named tensors for the server besides the
+weights (SCAFFOLD's delta c_i). The server's named tensors reach hooks when they are built.
 
 Written by hand: the loop is ours (not Avalanche's template) so the same function serves
 every strategy and a later cohort executor; batches are tensor slices, not a DataLoader, since
@@ -46,16 +51,33 @@ class TrainContext:
     global_params: list[torch.Tensor]
     state: dict[str, Any]
     params: TrainParams
+    data: SiteTensors
     epoch: int = 0
     step: int = 0
     inputs: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    features: torch.Tensor | None = None  # penultimate representation (models with a head)
     logits: torch.Tensor | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    outbox: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class LocalResult:
+    """What local training gives back: metrics, the client's new state, extra named tensors."""
+
+    metrics: dict[str, float]
+    state: dict[str, Any]
+    outbox: dict[str, dict[str, torch.Tensor]]
 
 
 class Hook:
     """Base class: override the points an algorithm needs."""
+
+    def local_keys(self, model: nn.Module) -> set[str]:
+        return set()
+
+    def before_evaluate(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Called before a site evaluates the global model on its local test split."""
 
     def before_training(self, ctx: TrainContext) -> None: ...
 
@@ -83,24 +105,33 @@ def with_noise(x: torch.Tensor, scale: torch.Tensor, gen: torch.Generator) -> to
     return x + scale.view(1, -1, 1, 1) * noise
 
 
+def forward(model: nn.Module, ctx: TrainContext) -> None:
+    """Logits (and features, for models split into features + head) of ctx.inputs."""
+    if hasattr(model, "features") and hasattr(model, "head"):
+        ctx.features = model.features(ctx.inputs)
+        ctx.logits = model.head(ctx.features)
+    else:
+        ctx.logits = model(ctx.inputs)
+
+
 def local_update(model: nn.Module, data: SiteTensors, params: TrainParams,
-                 hooks: list[Hook], state: dict[str, Any]) -> tuple[dict[str, float], dict]:
-    """Train `model` in place on the site's train split; return (metrics, new client state)."""
+                 hooks: list[Hook], state: dict[str, Any]) -> LocalResult:
+    """Train `model` in place on the site's train split."""
     gen = torch.Generator().manual_seed(params.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
                                 weight_decay=params.weight_decay)
     ctx = TrainContext(model, optimizer, [p.detach().clone() for p in model.parameters()],
-                       state, params)
+                       state, params, data)
     model.train()
     for hook in hooks:
         hook.before_training(ctx)
-    loss_sum, seen = 0.0, 0
+    loss_sum, seen = torch.zeros((), device=data.train_x.device), 0
     for ctx.epoch in range(params.epochs):
         for idx in batches(len(data.train_y), params.batch_size, gen):
             idx = idx.to(data.train_x.device)
             ctx.inputs = with_noise(data.train_x[idx], data.noise_scale, gen)
             ctx.targets = data.train_y[idx]
-            ctx.logits = model(ctx.inputs)
+            forward(model, ctx)
             loss = nn.functional.cross_entropy(ctx.logits, ctx.targets)
             total = loss + sum((t for h in hooks if (t := h.extra_loss(ctx)) is not None), 0.0)
             optimizer.zero_grad(set_to_none=True)
@@ -110,13 +141,13 @@ def local_update(model: nn.Module, data: SiteTensors, params: TrainParams,
             optimizer.step()
             for hook in hooks:
                 hook.after_step(ctx)
-            loss_sum += loss.item() * len(idx)
+            loss_sum += loss.detach() * len(idx)  # no GPU sync per step
             seen += len(idx)
             ctx.step += 1
-    metrics = {"train_loss": loss_sum / max(seen, 1), "num-steps": float(ctx.step)}
+    metrics = {"train_loss": loss_sum.item() / max(seen, 1), "num-steps": float(ctx.step)}
     for hook in hooks:
         metrics.update(hook.after_training(ctx))
-    return metrics, ctx.state
+    return LocalResult(metrics, ctx.state, ctx.outbox)
 
 
 @torch.no_grad()

@@ -3,10 +3,14 @@
 A strategy module holds both halves of its algorithm and defines:
 
 - ``PARAMS: dict[str, Param]`` -- its parameters (``strategy.<name>=...``) with defaults;
-- ``build_server(params, common) -> flwr.serverapp.strategy.Strategy`` -- the server half;
-  ``common`` holds the sampling and metric-aggregation keyword arguments every FedAvg takes;
-- optionally ``client_hooks(config) -> list[fedcls.training.Hook]`` -- the client half, hooks
-  into the one local training loop, built from the round's ConfigRecord.
+- ``build_server(params, common, cfg) -> flwr.serverapp.strategy.Strategy`` -- the server half;
+  ``common`` holds the sampling and metric-aggregation keyword arguments every FedAvg takes,
+  ``cfg`` the whole run config;
+- optionally ``client_hooks(config, inbox) -> list[fedcls.training.Hook]`` -- the client half,
+  hooks into the one local training loop, built from the round's ConfigRecord and the server's
+  named tensors (``inbox``: every ArrayRecord of the message besides the weights, as tensors);
+- optionally ``check(cfg) -> str | None`` -- an error message when the config cannot work
+  with this strategy (FedBN without BatchNorm).
 
 Adding a strategy is adding one file here: it is found by its file name.
 """

@@ -9,5 +9,5 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 PARAMS: dict = {}
 
 
-def build_server(params: dict, common: dict) -> Strategy:
+def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
     return FedAvg(**common)

@@ -16,7 +16,7 @@ from strategies import Param
 PARAMS = {"proximal_mu": Param(0.01, "weight mu of the proximal term", minimum=0.0)}
 
 
-def build_server(params: dict, common: dict) -> Strategy:
+def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
     return FedProx(proximal_mu=params["proximal_mu"], **common)
 
 
@@ -33,5 +33,5 @@ class ProximalTerm(Hook):
         return 0.5 * self.mu * squared
 
 
-def client_hooks(config: ConfigRecord) -> list[Hook]:
+def client_hooks(config: ConfigRecord, inbox: dict) -> list[Hook]:
     return [ProximalTerm(float(config["proximal-mu"]))]

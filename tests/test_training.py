@@ -20,7 +20,7 @@ def tiny_model(seed=0):
 
 def context_for(model, global_params):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return TrainContext(model, opt, global_params, {}, TrainParams(1, 1, 0.1))
+    return TrainContext(model, opt, global_params, {}, TrainParams(1, 1, 0.1), tiny_site())
 
 
 def test_proximal_term_matches_hand_computation():
@@ -74,7 +74,7 @@ def test_fedprox_pulls_weights_toward_the_global_model():
 
 
 def test_client_hooks_read_mu_from_the_round_config():
-    (hook,) = client_hooks({"proximal-mu": 0.25})
+    (hook,) = client_hooks({"proximal-mu": 0.25}, {})
     assert isinstance(hook, ProximalTerm) and hook.mu == 0.25
 
 
@@ -83,7 +83,7 @@ def test_local_update_is_deterministic_per_seed():
     runs = []
     for seed in (3, 3, 4):
         model = tiny_model()
-        metrics, _ = local_update(model, site, TrainParams(2, 8, 0.1, 0.9, seed=seed), [], {})
+        metrics = local_update(model, site, TrainParams(2, 8, 0.1, 0.9, seed=seed), [], {}).metrics
         runs.append((model.state_dict()["1.weight"].clone(), metrics["train_loss"]))
     assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
     assert not torch.equal(runs[0][0], runs[2][0])
@@ -113,7 +113,8 @@ def test_hooks_are_called_in_order_and_can_keep_state():
             return {f"{self.name}_steps": float(ctx.step)}
 
     site = tiny_site(n=16)
-    metrics, state = local_update(tiny_model(), site, TrainParams(1, 8, 0.1), [Recording("a"), Recording("b")], {})
+    result = local_update(tiny_model(), site, TrainParams(1, 8, 0.1), [Recording("a"), Recording("b")], {})
+    metrics, state = result.metrics, result.state
     assert calls == ["a.before", "b.before"] + ["a.loss", "b.loss", "a.backward", "b.backward",
                                                  "a.step", "b.step"] * 2
     assert metrics["a_steps"] == 2.0 and metrics["num-steps"] == 2.0 and state["b"]["steps"] == 2

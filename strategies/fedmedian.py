@@ -1,0 +1,13 @@
+"""FedMedian (Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal Statistical
+Rates", ICML 2018): the coordinate-wise median of the client models.
+
+Server half: Flower's FedMedian. Client half: none.
+"""
+
+from flwr.serverapp.strategy import FedMedian, Strategy
+
+PARAMS: dict = {}
+
+
+def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
+    return FedMedian(**common)
