@@ -97,7 +97,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_local(msg: Message, context: Context) -> Message:
     cfg, _, runtime = _setup(msg, context)
     site = site_id(context)
-    hooks = _hooks(cfg, msg)
+    module = strategies.get(cfg["strategy"]["name"])
+    hooks = module.evaluation_hooks() if hasattr(module, "evaluation_hooks") else []
     local_keys = set().union(*(h.local_keys(runtime.model) for h in hooks))
     _load_weights(runtime.model, msg.content["arrays"], local_keys)
     for hook in hooks:  # e.g. FedBN puts the site's own BatchNorm back

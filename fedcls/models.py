@@ -45,6 +45,16 @@ def simple_cnn(shape: tuple[int, int, int], num_classes: int, cfg: dict) -> Clas
     return Classifier(body, 84, num_classes)
 
 
+def simple_cnn_bn(shape: tuple[int, int, int], num_classes: int, cfg: dict) -> Classifier:
+    """simple_cnn with BatchNorm after each convolution (for FedBN)."""
+    conv = nn.Sequential(
+        nn.Conv2d(shape[0], 6, 5), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+    flat = _flat_dim(conv.eval(), shape)
+    body = nn.Sequential(conv.train(), nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU())
+    return Classifier(body, 84, num_classes)
+
+
 def resnet18(shape: tuple[int, int, int], num_classes: int, cfg: dict) -> Classifier:
     """torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool for small images;
     ``model.norm=group`` swaps BatchNorm for GroupNorm (better under Non-IID, Hsieh et al. 2020)."""
@@ -89,7 +99,8 @@ def vit_tiny(shape: tuple[int, int, int], num_classes: int, cfg: dict) -> Classi
 
 
 MODELS: dict[str, Callable[[tuple[int, int, int], int, dict], Classifier]] = {
-    "mlp": mlp, "simple_cnn": simple_cnn, "resnet18": resnet18, "vit_tiny": vit_tiny}
+    "mlp": mlp, "simple_cnn": simple_cnn, "simple_cnn_bn": simple_cnn_bn, "resnet18": resnet18,
+    "vit_tiny": vit_tiny}
 NORMS = ("batch", "group")
 
 

@@ -9,6 +9,8 @@ A strategy module holds both halves of its algorithm and defines:
 - optionally ``client_hooks(config, inbox) -> list[fedcls.training.Hook]`` -- the client half,
   hooks into the one local training loop, built from the round's ConfigRecord and the server's
   named tensors (``inbox``: every ArrayRecord of the message besides the weights, as tensors);
+- optionally ``evaluation_hooks() -> list[Hook]`` -- hooks a site applies before evaluating
+  the global model (their ``local_keys`` and ``before_evaluate``; FedBN's local BatchNorm);
 - optionally ``check(cfg) -> str | None`` -- an error message when the config cannot work
   with this strategy (FedBN without BatchNorm).
 
