@@ -30,3 +30,13 @@ def metrics_of(msg: Message) -> MetricRecord:
 
 def valid(replies) -> list[Message]:
     return [m for m in replies if not m.has_error()]
+
+
+class KeepsGlobal:
+    """Mixin for FedAvg subclasses: remembers the global weights sent this round (self.current)."""
+
+    current: dict[str, np.ndarray] = {}
+
+    def configure_train(self, server_round, arrays: ArrayRecord, config, grid):
+        self.current = to_numpy(arrays)
+        return super().configure_train(server_round, arrays, config, grid)

@@ -12,7 +12,6 @@ sites' local test accuracy (metrics.jsonl "clients").
 
 from __future__ import annotations
 
-import torch
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn

@@ -17,22 +17,20 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedcls.training import Hook, TrainContext
 from strategies import Param
-from strategies._arrays import is_statistic, to_numpy, to_record
+from strategies._arrays import KeepsGlobal, is_statistic, to_numpy, to_record
 
 PARAMS = {"alpha": Param(0.01, "weight alpha of the dynamic regulariser", minimum=1e-12)}
 ALPHA_KEY, STATE_KEY = "feddyn-alpha", "feddyn"
 
 
-class FedDyn(FedAvg):
+class FedDyn(KeepsGlobal, FedAvg):
     def __init__(self, alpha: float, num_clients: int, **common):
         super().__init__(**common)
         self.alpha, self.num_clients = alpha, num_clients
         self.h: dict = {}
-        self.current: dict = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self.current = to_numpy(arrays)
         config[ALPHA_KEY] = self.alpha
         return super().configure_train(server_round, arrays, config, grid)
 

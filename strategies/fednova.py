@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from strategies._arrays import is_statistic, metrics_of, to_numpy, to_record
+from strategies._arrays import KeepsGlobal, is_statistic, metrics_of, to_numpy, to_record
 
 PARAMS: dict = {}
 STEPS_KEY = "num-steps"
@@ -29,16 +28,10 @@ def step_weight(tau: float, rho: float) -> float:
     return (tau - rho * (1 - rho ** tau) / (1 - rho)) / (1 - rho)
 
 
-class FedNova(FedAvg):
+class FedNova(KeepsGlobal, FedAvg):
     def __init__(self, momentum: float, **common):
         super().__init__(**common)
         self.momentum = momentum
-        self.current: dict = {}
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self.current = to_numpy(arrays)
-        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:

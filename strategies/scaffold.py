@@ -21,24 +21,22 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedcls.training import Hook, TrainContext
 from strategies import Param
-from strategies._arrays import to_numpy, to_record, valid
+from strategies._arrays import KeepsGlobal, to_numpy, to_record, valid
 
 C_KEY, DELTA_KEY, STATE_KEY = "scaffold.c", "scaffold.delta_c", "scaffold"
 PARAMS = {"server_lr": Param(1.0, "global step size eta_g", minimum=0.0)}
 
 
-class Scaffold(FedAvg):
+class Scaffold(KeepsGlobal, FedAvg):
     """FedAvg's sampling, plus the server control variate c."""
 
     def __init__(self, server_lr: float, num_clients: int, **common):
         super().__init__(**common)
         self.server_lr, self.num_clients = server_lr, num_clients
         self.c: dict[str, np.ndarray] = {}
-        self.current: dict[str, np.ndarray] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self.current = to_numpy(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         for message in messages:
             message.content[C_KEY] = to_record(self.c)

@@ -40,9 +40,12 @@ def test_simulation_writes_every_file_and_learns(cli, tmp_path):
     assert "round   2/2" in result.stdout and "Traceback" not in result.stderr
 
 
-def test_same_seed_gives_identical_rounds_with_client_sampling(cli, tmp_path):
+def test_same_seed_gives_identical_rounds_and_fedprox_mu0_is_fedavg(cli, tmp_path):
+    """Two runs, same seed, with client sampling: FedAvg, and FedProx with mu=0. Identical
+    rounds show both that a run is reproducible and that FedProx(mu=0) computes FedAvg's numbers."""
     args = ["scenario=label_2", "num_clients=4", "fraction_train=0.5", "seed=3"]
-    runs = [run(cli, tmp_path / str(i), *args)[2] for i in range(2)]
+    runs = [run(cli, tmp_path / "fedavg", *args)[2],
+            run(cli, tmp_path / "fedprox", *args, "strategy=fedprox", "strategy.proximal_mu=0")[2]]
     keys = ("accuracy", "loss", "train", "clients")
     assert [[r[k] for k in keys] for r in runs[0]] == [[r[k] for k in keys] for r in runs[1]]
     assert all(r["sampled"] == 2 for r in runs[0])

@@ -3,7 +3,7 @@ import random
 from types import SimpleNamespace
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from fedcls.config import compose

@@ -172,7 +172,7 @@ def test_fedbn_keeps_batchnorm_at_each_site_and_sites_differ():
     for site, state in zip(sites, states):
         hooks = fedbn.client_hooks(ConfigRecord(), {})
         local = set().union(*(h.local_keys(model) for h in hooks))
-        result = local_update(model, site, TrainParams(1, 16, 0.05), hooks, state)
+        local_update(model, site, TrainParams(1, 16, 0.05), hooks, state)
         sent = {k for k in model.state_dict() if k not in local}
         assert not sent & keys  # BatchNorm tensors never leave the site
     a, b = states[0]["fedbn"], states[1]["fedbn"]
