@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import warnings
 
 from fedcls.results import Recorder
@@ -52,3 +54,40 @@ def simulate(cfg: dict, recorder: Recorder) -> None:
     run_simulation(server_app=make_server_app(cfg, recorder), client_app=client_app,
                    num_supernodes=cfg["num_clients"], backend_config=backend_config(cfg),
                    verbose_logging=cfg["verbose"])
+
+
+class _RayWithoutShutdown:
+    """The ray module, except that shutdown() does nothing (see shared_ray)."""
+
+    def __init__(self, ray_module):
+        self._ray = ray_module
+
+    def __getattr__(self, name):
+        return getattr(self._ray, name)
+
+    def shutdown(self, *args, **kwargs) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def shared_ray(address: str | None = None, verbose: bool = False):
+    """One Ray instance for several simulations in this process (a sweep).
+
+    Flower's Ray backend starts Ray when it is not running and calls ray.shutdown() after every
+    simulation; here Ray is started once and that one call is made a no-op for the duration.
+    Client actors are still created per simulation (Flower terminates its actor pool).
+    """
+    quiet_logs(verbose)
+    import ray
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    pythonpath = os.pathsep.join(sys.path)  # as Flower's backend does, so actors import fedcls
+    ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.WARNING,
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    raybackend.ray = _RayWithoutShutdown(ray)
+    try:
+        yield
+    finally:
+        raybackend.ray = ray
+        ray.shutdown()

@@ -52,3 +52,53 @@ def plot_run(rows: list[dict], counts: list[list[int]], folder: Path) -> None:
         plot_accuracy(rows, folder / "accuracy.png")
     if counts:
         plot_partition(counts, folder / "partition.png")
+
+
+def plot_study_accuracy(cells, strategies: list[str], scenario: str, path: Path) -> None:
+    """Accuracy vs round in one scenario: mean over seeds, std band, a line per strategy."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    for strategy in strategies:
+        if (strategy, scenario) not in cells:
+            continue
+        curves = cells[(strategy, scenario)].curves
+        length = min(map(len, curves))
+        data = np.array([c[:length] for c in curves])
+        rounds = np.arange(1, length + 1)
+        mean, std = data.mean(0), data.std(0, ddof=1) if len(data) > 1 else np.zeros(length)
+        (line,) = ax.plot(rounds, mean, label=strategy)
+        ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="round", ylabel="global test accuracy", ylim=(0, 1), title=scenario)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def plot_degradation(cells, strategies, scenarios, degradation, path: Path) -> None:
+    """Grouped bars: points lost against iid, per scenario and strategy."""
+    shown = [c for c in scenarios if c != "iid"]
+    width = 0.8 / max(len(strategies), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(shown) + 2), 4), constrained_layout=True)
+    for i, strategy in enumerate(strategies):
+        values = [degradation(cells, strategy, c) for c in shown]
+        ax.bar([j + i * width for j in range(len(shown))], [v or 0 for v in values], width, label=strategy)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shown))], shown, rotation=30, ha="right")
+    ax.set(ylabel="accuracy lost vs iid (points)", title="Non-IID degradation")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def plot_study(cells, strategies, scenarios, folder: Path, degradation) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for scenario in scenarios:
+        plot_study_accuracy(cells, strategies, scenario, folder / f"accuracy_{scenario}.png")
+        partition = next((cells[(s, scenario)].partition for s in strategies
+                          if (s, scenario) in cells and cells[(s, scenario)].partition), None)
+        if partition:
+            plot_partition(partition, folder / f"partition_{scenario}.png")
+    if "iid" in scenarios and len(scenarios) > 1:
+        plot_degradation(cells, strategies, scenarios, degradation, folder / "degradation.png")

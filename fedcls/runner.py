@@ -12,13 +12,27 @@ from fedcls.results import Recorder, new_run_dir
 from fedcls.runtime import federated_data
 
 
-def run(cfg: dict) -> int:
-    """Run `cfg`; 0 when completed, 1 when the run failed, 130 when interrupted."""
+def run(cfg: dict, echo=print) -> int:
+    """Run `cfg`; 0 when completed, 1 when the run failed, 130 when interrupted.
+    ``echo`` prints the per-round lines (None: silent, as in a sweep)."""
     started = time.time()
     federated_data(cfg)  # missing data or an impossible partition stops here, with exit 2
-    recorder = Recorder(new_run_dir(cfg), cfg)
+    recorder = Recorder(new_run_dir(cfg), cfg, echo=echo or (lambda line: None))
+    if echo is None:
+        return _simulate(cfg, recorder)
     print(f"fedcls: {cfg['dataset']}, {cfg['num_clients']} sites, partition {cfg['partition']['kind']}, "
           f"strategy {cfg['strategy']['name']}, {cfg['rounds']} rounds -> {recorder.run_dir}", flush=True)
+    code = _simulate(cfg, recorder)
+    if code:
+        return code
+    rows = recorder.rows
+    best = max(rows, key=lambda r: r["accuracy"])
+    print(f"done in {time.time() - started:.1f}s: final accuracy {rows[-1]['accuracy']:.4f}, best "
+          f"{best['accuracy']:.4f} (round {best['round']}); results in {recorder.run_dir}")
+    return 0
+
+
+def _simulate(cfg: dict, recorder: Recorder) -> int:
     from fedcls.engine import simulate
 
     try:
@@ -35,8 +49,4 @@ def run(cfg: dict) -> int:
         print(f"error: the run failed: {type(cause).__name__}: {cause}\n"
               f"rounds completed so far are in {recorder.run_dir}", file=sys.stderr)
         return 1
-    rows = recorder.rows
-    best = max(rows, key=lambda r: r["accuracy"])
-    print(f"done in {time.time() - started:.1f}s: final accuracy {rows[-1]['accuracy']:.4f}, best "
-          f"{best['accuracy']:.4f} (round {best['round']}); results in {recorder.run_dir}")
     return 0
