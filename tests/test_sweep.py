@@ -1,0 +1,38 @@
+"""A real sweep, killed midway and started again."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
+    args = [sys.executable, "-m", "fedcls.sweep", f"output_dir={tmp_path}", "seed=0,1,2",
+            "num_clients=2", "rounds=1", "local_epochs=1", "save_model=false"]
+    sweep = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    first = tmp_path / "runs" / "seed-0" / "summary.json"
+    deadline = time.time() + 240
+    while not first.exists() and time.time() < deadline and sweep.poll() is None:
+        time.sleep(0.5)
+    os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and everything it started
+    sweep.wait()
+    assert first.exists(), "the first run never finished"
+    finished_at = first.stat().st_mtime_ns
+
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-2000:]
+    done_before = int(again.stdout.split(" already done")[0].rsplit(", ", 1)[1])
+    assert done_before >= 1 and f"3 of 3 runs finished" in again.stdout
+    assert first.stat().st_mtime_ns == finished_at  # not redone
+    for seed in range(3):
+        summary = json.loads((tmp_path / "runs" / f"seed-{seed}" / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["seed"] == seed
