@@ -1,7 +1,8 @@
 """SCAFFOLD (Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for Federated
 Learning", ICML 2020), option II.
 
-Client: every step uses g_i(y) - c_i + c; afterwards c_i+ = c_i - c + (x - y_i) / (K * lr),
+Client: every step moves by -lr * (g_i(y) - c_i + c) (the correction applied to the weights after
+the optimiser step, as in NIID-Bench's code, so momentum does not amplify it); afterwards c_i+ = c_i - c + (x - y_i) / (K * lr),
 with K local steps, and sends y_i plus delta c_i = c_i+ - c_i. c_i stays in the client's state.
 Server: x <- x + eta_g * (weighted mean of y_i - x); c <- c + (1/N) * sum over sampled i of
 delta c_i, i.e. |S|/N times their mean, which is right under partial participation.
@@ -63,7 +64,7 @@ def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
 
 
 class ControlVariates(Hook):
-    """Corrects each gradient by c - c_i and computes c_i+ (option II) after training."""
+    """Corrects each step by c - c_i and computes c_i+ (option II) after training."""
 
     def __init__(self, c: dict[str, torch.Tensor]):
         self.c = c
@@ -75,10 +76,15 @@ class ControlVariates(Hook):
         self.ci = {n: self.ci.get(n, zero[n]).to(p.device) for n, p in self.named}
         self.correction = [(p, self.c.get(n, zero[n]).to(p.device) - self.ci[n]) for n, p in self.named]
 
-    def after_backward(self, ctx: TrainContext) -> None:
+    @torch.no_grad()
+    def after_step(self, ctx: TrainContext) -> None:
+        # y <- y - lr * (c - c_i), applied to the weights after the optimiser's step on g_i(y):
+        # with plain SGD this is the paper's y - lr * (g_i(y) - c_i + c); with momentum it keeps
+        # the correction out of the momentum buffer, as NIID-Bench's implementation does (fed
+        # through the gradient, momentum amplifies a c_i that already carries momentum's 1/(1-rho)
+        # and the run diverges)
         for param, correction in self.correction:
-            if param.grad is not None:
-                param.grad.add_(correction)
+            param.sub_(ctx.params.lr * correction)
 
     def after_training(self, ctx: TrainContext) -> dict[str, float]:
         scale = 1.0 / (max(ctx.step, 1) * ctx.params.lr)
