@@ -4,7 +4,8 @@ Learning", ICML 2020), option II.
 Client: every step moves by -lr * (g_i(y) - c_i + c) (the correction applied to the weights after
 the optimiser step, as in NIID-Bench's code, so momentum does not amplify it); afterwards c_i+ = c_i - c + (x - y_i) / (K * lr),
 with K local steps, and sends y_i plus delta c_i = c_i+ - c_i. c_i stays in the client's state.
-Server: x <- x + eta_g * (weighted mean of y_i - x); c <- c + (1/N) * sum over sampled i of
+Server: x <- x + eta_g * (mean of y_i - x), the plain mean over sampled clients as in the paper
+(example weights would stop the corrections c - c_i cancelling); c <- c + (1/N) * sum over i of
 delta c_i, i.e. |S|/N times their mean, which is right under partial participation.
 c and delta c_i travel as their own named ArrayRecords ("scaffold.c", "scaffold.delta_c").
 """
@@ -18,7 +19,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedcls.training import Hook, TrainContext
 from strategies import Param
@@ -50,7 +50,10 @@ class Scaffold(KeepsGlobal, FedAvg):
             return None, None
         plain = [RecordDict({"arrays": m.content["arrays"], "metrics": m.content["metrics"]})
                  for m in replies]
-        mean = to_numpy(aggregate_arrayrecords(plain, self.weighted_by_key))
+        # uniform mean, as in the paper: with example weights the corrections c - c_i no longer
+        # cancel across clients (c is their uniform mean) and the global model drifts
+        models = [to_numpy(m.content["arrays"]) for m in replies]
+        mean = {k: sum(w[k] for w in models) / len(models) for k in models[0]}
         x = self.current
         new = {k: x[k] + self.server_lr * (mean[k] - x[k]) for k in mean}
         for m in replies:
