@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_accuracy(rows: list[dict], path: Path) -> None:
@@ -26,6 +27,7 @@ def plot_accuracy(rows: list[dict], path: Path) -> None:
                      label="mean train loss")
     ax_loss.set(xlabel="round", ylabel="cross-entropy", title="Loss")
     for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
     fig.savefig(path, dpi=120)
@@ -70,6 +72,7 @@ def plot_study_accuracy(cells, strategies: list[str], scenario: str, path: Path)
         (line,) = ax.plot(rounds, mean, label=strategy)
         ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set(xlabel="round", ylabel="global test accuracy", ylim=(0, 1), title=scenario)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
     fig.savefig(path, dpi=150)
