@@ -61,12 +61,15 @@ def _hooks(cfg: dict, msg: Message) -> list:
     return module.client_hooks(msg.content["config"], inbox)
 
 
-def _load_weights(model, arrays: ArrayRecord, local_keys: set[str]) -> None:
-    """Load the global weights; only keys that hooks keep at the site may be absent."""
+def _load_weights(model, arrays: ArrayRecord, hooks: list) -> set[str]:
+    """Load the global weights; only keys that hooks keep at the site may be absent.
+    Returns those site-local keys."""
+    local_keys = set().union(*(h.local_keys(model) for h in hooks))
     missing, unexpected = model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
     if unexpected or set(missing) - local_keys:
         raise ValueError(f"global weights do not fit the model: missing "
                          f"{sorted(set(missing) - local_keys)[:5]}, unexpected {unexpected[:5]}")
+    return local_keys
 
 
 @app.train()
@@ -78,8 +81,7 @@ def train(msg: Message, context: Context) -> Message:
     params = TrainParams(cfg["local_epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"],
                          cfg["weight_decay"], seed)
     hooks, model = _hooks(cfg, msg), runtime.model
-    local_keys = set().union(*(h.local_keys(model) for h in hooks))
-    _load_weights(model, msg.content["arrays"], local_keys)
+    local_keys = _load_weights(model, msg.content["arrays"], hooks)
     state = _load_state(context)
     rounds = int(state.pop("fedcls", {}).get("participations", torch.tensor(0))) + 1
     data = runtime.site(site)
@@ -99,8 +101,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     site = site_id(context)
     module = strategies.get(cfg["strategy"]["name"])
     hooks = module.evaluation_hooks() if hasattr(module, "evaluation_hooks") else []
-    local_keys = set().union(*(h.local_keys(runtime.model) for h in hooks))
-    _load_weights(runtime.model, msg.content["arrays"], local_keys)
+    _load_weights(runtime.model, msg.content["arrays"], hooks)
     for hook in hooks:  # e.g. FedBN puts the site's own BatchNorm back
         hook.before_evaluate(runtime.model, _load_state(context))
     data = runtime.site(site)

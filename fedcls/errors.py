@@ -1,6 +1,8 @@
 """User-facing errors: each becomes one clear message and exit code 2, never a traceback."""
 
 import difflib
+import sys
+from collections.abc import Callable
 
 
 class UserError(Exception):
@@ -23,3 +25,12 @@ def unknown_name(kind: str, name: object, valid: list[str], key: str | None = No
     hint = f" Did you mean '{close[0]}'?" if close else ""
     where = f" ({key})" if key else ""
     return ConfigError(f"unknown {kind} '{name}'{where}.{hint} Valid: {', '.join(sorted(valid))}.")
+
+
+def exit_code_of(command: Callable[[], int]) -> int:
+    """Run a CLI command; a UserError becomes 'error: ...' on stderr and its exit code."""
+    try:
+        return command()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code

@@ -34,7 +34,9 @@ def help_text() -> str:
     from fedcls.data.sources import SOURCES
     from fedcls.models import MODELS
 
-    lines = [__import__("fedcls.simulate").simulate.__doc__.strip(), "",
+    from fedcls import simulate
+
+    lines = [simulate.__doc__.strip(), "",
              "Scenarios (scenario=NAME, files in scenarios/; or scenario=path/to/file.yaml):"]
     lines += [_scenario_line(n) for n in scenario_names()]
     lines += ["", "Strategies (strategy=NAME, then strategy.<param>=value):"]

@@ -10,33 +10,33 @@ from __future__ import annotations
 
 import sys
 
-from fedcls.errors import UserError
+from fedcls.errors import UserError, exit_code_of
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if {"-h", "--help"} & set(args):
-            from fedcls.help import help_text
+    return exit_code_of(lambda: _main(args))
 
-            print(help_text())
-            return 0
-        from fedcls.config import compose, to_yaml
 
-        show_cfg = "--cfg" in args
-        overrides = [a for a in args if a not in ("--cfg", "job")]
-        if bad := [a for a in overrides if a.startswith("-")]:
-            raise UserError(f"unknown option {bad[0]}; options are --help and --cfg job")
-        cfg = compose(overrides)
-        if show_cfg:
-            print(to_yaml(cfg), end="")
-            return 0
-        from fedcls.runner import run
+def _main(args: list[str]) -> int:
+    if {"-h", "--help"} & set(args):
+        from fedcls.help import help_text
 
-        return run(cfg)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+        print(help_text())
+        return 0
+    from fedcls.config import compose, to_yaml
+
+    show_cfg = "--cfg" in args
+    overrides = [a for a in args if a not in ("--cfg", "job")]
+    if bad := [a for a in overrides if a.startswith("-")]:
+        raise UserError(f"unknown option {bad[0]}; options are --help and --cfg job")
+    cfg = compose(overrides)
+    if show_cfg:
+        print(to_yaml(cfg), end="")
+        return 0
+    from fedcls.runner import run
+
+    return run(cfg)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedcls.errors import ConfigError, UserError
+from fedcls.errors import ConfigError, UserError, exit_code_of
 
 
 def expand_grid(args: list[str]) -> tuple[dict[str, str], list[str], list[list[str]]]:
@@ -112,11 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if {"-h", "--help"} & set(args):
         print(__doc__)
         return 0
-    try:
-        return sweep(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+    return exit_code_of(lambda: sweep(args))
 
 
 if __name__ == "__main__":
