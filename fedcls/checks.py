@@ -74,3 +74,60 @@ def check_values(cfg: dict) -> None:
     check_names(cfg)
     check_ranges(cfg)
     check_fits_data(cfg)
+    check_continual(cfg)
+
+
+METHODS = ("naive", "ewc", "replay", "ewc+replay")
+
+
+def check_continual(cfg: dict) -> None:
+    """The continual section: names, ranges, and enough rounds for every experience."""
+    c, n = cfg["continual"], cfg["num_clients"]
+    for kind, value, valid in (
+            ("continual kind", c["kind"], ["none", "class_incremental", "domain_incremental"]),
+            ("continual method", c["method"], list(METHODS)),
+            ("class order", c["class_order"], ["seeded", "fixed"]),
+            ("schedule", c["schedule"], ["synchronous", "staggered"]),
+            ("EWC mode", c["ewc_mode"], ["separate", "online"])):
+        if value not in valid:
+            raise unknown_name(kind, value, valid, key="continual." + kind.split()[-1].lower())
+    if c["kind"] == "none":
+        return
+    for key in ("experiences", "rounds_per_experience", "join_round", "memory_size"):
+        _require(c[key] >= 1, f"continual.{key} must be >= 1, got {c[key]}")
+    for key in ("stagger", "late_sites", "ewc_lambda", "ewc_decay"):
+        _require(c[key] >= 0, f"continual.{key} must be >= 0, got {c[key]}")
+    _require(c["late_sites"] < n, f"continual.late_sites={c['late_sites']} leaves no site to start "
+             f"the federation: use at most num_clients-1 = {n - 1}")
+    _check_stream(cfg)
+    from fedcls.continual.schedule import rounds_needed
+
+    need = rounds_needed(cfg)
+    _require(cfg["rounds"] >= need,
+             f"rounds={cfg['rounds']} is too few for {c['experiences']} experiences x "
+             f"{c['rounds_per_experience']} rounds" + (f" + a stagger of {c['stagger']}" if
+                                                       c["schedule"] == "staggered" else "")
+             + f": set rounds={need} (or fewer continual.rounds_per_experience)")
+    _require(c["join_round"] <= cfg["rounds"],
+             f"continual.join_round={c['join_round']} is after the last round ({cfg['rounds']})")
+    for spec in c["plugins"]:
+        from fedcls.continual.plugins import make_plugin
+
+        make_plugin(str(spec))
+
+
+def _check_stream(cfg: dict) -> None:
+    from fedcls.data.domains import parse_domain
+    from fedcls.data.sources import SOURCES
+
+    c = cfg["continual"]
+    if c["kind"] == "class_incremental":
+        classes = SOURCES[cfg["dataset"]].num_classes(cfg)
+        _require(c["experiences"] <= classes, f"continual.experiences={c['experiences']} is more "
+                 f"than the {classes} classes of {cfg['dataset']} can split into")
+    else:
+        _require(len(c["domains"]) >= c["experiences"],
+                 f"continual.domains lists {len(c['domains'])} domains for {c['experiences']} "
+                 "experiences: give one per experience, e.g. [rotate:0, rotate:90, noise:0.3]")
+        for i, spec in enumerate(c["domains"][: c["experiences"]]):
+            parse_domain(spec, key=f"continual.domains[{i}]")

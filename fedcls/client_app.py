@@ -15,6 +15,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 import strategies
+from fedcls import continual
+from fedcls.continual.schedule import site_experience
 from fedcls.runtime import get_runtime
 from fedcls.training import TrainParams, evaluate, local_update
 
@@ -52,13 +54,26 @@ def _setup(msg: Message, context: Context):
     return cfg, config, get_runtime(cfg)
 
 
-def _hooks(cfg: dict, msg: Message) -> list:
+def _inbox(msg: Message) -> dict:
+    """The message's named tensors besides the weights (SCAFFOLD's c, EWC's importances)."""
+    return {key: rec.to_torch_state_dict() for key, rec in msg.content.array_records.items()
+            if key != "arrays"}
+
+
+def _hooks(cfg: dict, msg: Message, inbox: dict) -> list:
     module = strategies.get(cfg["strategy"]["name"])
     if not hasattr(module, "client_hooks"):
         return []
-    inbox = {key: rec.to_torch_state_dict() for key, rec in msg.content.array_records.items()
-             if key != "arrays"}
     return module.client_hooks(msg.content["config"], inbox)
+
+
+def _site_data(cfg: dict, runtime, site: int, server_round: int):
+    """(data, continual stream or None, experience or None) of a site in a round."""
+    if not continual.enabled(cfg):
+        return runtime.site(site), None, None
+    stream = runtime.stream(cfg, site)
+    exp = site_experience(cfg, site, server_round)
+    return stream.tensors[exp], stream, exp
 
 
 def _load_weights(model, arrays: ArrayRecord, hooks: list) -> set[str]:
@@ -80,15 +95,20 @@ def train(msg: Message, context: Context) -> Message:
     torch.manual_seed(seed)
     params = TrainParams(cfg["local_epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"],
                          cfg["weight_decay"], seed)
-    hooks, model = _hooks(cfg, msg), runtime.model
+    inbox, model = _inbox(msg), runtime.model
+    hooks = _hooks(cfg, msg, inbox)
     local_keys = _load_weights(model, msg.content["arrays"], hooks)
     state = _load_state(context)
     rounds = int(state.pop("fedcls", {}).get("participations", torch.tensor(0))) + 1
-    data = runtime.site(site)
+    data, stream, exp = _site_data(cfg, runtime, site, int(config["server-round"]))
+    if stream is not None:  # first, so replay's memory is in the data the other hooks see
+        from fedcls.continual.client import continual_hooks  # imports Avalanche: only when used
+
+        hooks = continual_hooks(cfg, stream, exp, state, inbox) + hooks
     result = local_update(model, data, params, hooks, state)
     _save_state(context, {**result.state, "fedcls": {"participations": torch.tensor(rounds)}})
     metrics = {**result.metrics, "participations": float(rounds), "site": float(site),
-               "num-examples": len(data.train_y)}
+               "num-examples": result.examples}
     weights = {k: v for k, v in model.state_dict().items() if k not in local_keys}
     content = RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics),
                           **{name: ArrayRecord(t) for name, t in result.outbox.items()}})
@@ -97,17 +117,18 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
-    cfg, _, runtime = _setup(msg, context)
+    cfg, config, runtime = _setup(msg, context)
     site = site_id(context)
     module = strategies.get(cfg["strategy"]["name"])
     hooks = module.evaluation_hooks() if hasattr(module, "evaluation_hooks") else []
     _load_weights(runtime.model, msg.content["arrays"], hooks)
     for hook in hooks:  # e.g. FedBN puts the site's own BatchNorm back
         hook.before_evaluate(runtime.model, _load_state(context))
-    data = runtime.site(site)
-    loss, acc = evaluate(runtime.model, data.test_x, data.test_y, noise_scale=data.noise_scale,
+    data, stream, exp = _site_data(cfg, runtime, site, int(config.get("server-round", 1)))
+    test_x, test_y = (data.test_x, data.test_y) if stream is None else stream.seen_test(exp)
+    loss, acc = evaluate(runtime.model, test_x, test_y, noise_scale=data.noise_scale,
                          seed=round_seed(cfg, 0, site))
-    metrics = MetricRecord({"loss": loss, "accuracy": acc, "num-examples": len(data.test_y)})
+    metrics = MetricRecord({"loss": loss, "accuracy": acc, "num-examples": len(test_y)})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 

@@ -187,7 +187,7 @@ def _check_types(cfg: dict, defaults: dict, prefix: str = "") -> None:
         elif isinstance(default, float) and isinstance(value, int):
             cfg[key] = float(value)
         elif not isinstance(value, type(default)):
-            kind = {int: "an integer", float: "a number", str: "a string"}[type(default)]
+            kind = {int: "an integer", float: "a number", str: "a string", list: "a list"}[type(default)]
             raise ConfigError(f"{dotted} must be {kind}, got {value!r}")
 
 

@@ -22,6 +22,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 import strategies
 from fedcls.client_app import CONFIG_KEY, SITE_KEY
 from fedcls.errors import ConfigError
+from fedcls.extensions import extensions_for
 from fedcls.results import Recorder
 from fedcls.models import build_model
 from fedcls.runtime import federated_data
@@ -47,7 +48,7 @@ def build_strategy(cfg: dict) -> Strategy:
         "fraction_evaluate": cfg["fraction_evaluate"],
         "min_train_nodes": 1,
         "min_evaluate_nodes": 1 if cfg["fraction_evaluate"] > 0 else 0,
-        "min_available_nodes": cfg["num_clients"],
+        "min_available_nodes": 1,  # discover_sites waits for every node; some may sit out a round
         "evaluate_metrics_aggr_fn": aggregate_with_spread,
     }
     params = {k: v for k, v in cfg["strategy"].items() if k != "name"}
@@ -63,12 +64,14 @@ class SiteOrderedGrid:
         self._grid = grid
         self.site_of_node = site_of_node
         self._nodes = sorted(site_of_node, key=site_of_node.__getitem__)
+        self.active_sites: set[int] | None = None  # None: every site may be sampled
 
     def __getattr__(self, name):
         return getattr(self._grid, name)
 
     def get_node_ids(self) -> list[int]:
-        return list(self._nodes)
+        return [n for n in self._nodes
+                if self.active_sites is None or self.site_of_node[n] in self.active_sites]
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None):
         replies = self._grid.send_and_receive(messages, timeout=timeout)
@@ -133,7 +136,7 @@ def check_roster(site_of_node: dict[int, int], num_clients: int) -> None:
 
 def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
     """Run cfg["rounds"] rounds of the configured strategy over `grid`; returns the weights."""
-    strategy = build_strategy(cfg)
+    strategy, extensions = build_strategy(cfg), extensions_for(cfg)
     site_of_node = discover_sites(grid, cfg["num_clients"])
     check_roster(site_of_node, cfg["num_clients"])
     grid = SiteOrderedGrid(grid, site_of_node)
@@ -143,20 +146,33 @@ def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
     for rnd in range(1, cfg["rounds"] + 1):
         started, started_at = time.perf_counter(), time.time()
         random.seed(f"{cfg['seed']}-{rnd}")  # Flower's node sampling draws from `random`
-        config = ConfigRecord({CONFIG_KEY: payload})
-        replies = list(grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid)))
+        grid.active_sites = _active_sites(extensions, rnd)
+        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({CONFIG_KEY: payload}), grid))
+        for ext in extensions:
+            messages = ext.outgoing(messages)
+        replies = list(grid.send_and_receive(messages))
+        for ext in extensions:
+            replies = ext.incoming(replies)
         new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
         arrays = new_arrays if new_arrays is not None else arrays
         config = ConfigRecord({CONFIG_KEY: payload})
         eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
         client_metrics = strategy.aggregate_evaluate(rnd, eval_replies)
         loss, accuracy = evaluate_global(arrays)
+        extra = {k: v for ext in extensions for k, v in ext.after_round(rnd, arrays).items()}
+        recorder.extras = {k: v for ext in extensions for k, v in ext.summary().items()}
         recorder.round(rnd, {
             "accuracy": accuracy, "loss": loss,
             "train": {k: v for k, v in dict(train_metrics or {}).items() if k not in PER_CLIENT},
             "clients": dict(client_metrics or {}),
             "sampled": len(replies), "trained": _trained_sites(replies),
             "failures": _failures(replies) + _failures(eval_replies),
-            "seconds": time.perf_counter() - started, "started_at": started_at,
+            "seconds": time.perf_counter() - started, "started_at": started_at, **extra,
         })
     return arrays
+
+
+def _active_sites(extensions: list, rnd: int) -> set[int] | None:
+    """Sites every extension lets take part in round `rnd` (None: all)."""
+    sets = [s for ext in extensions if (s := ext.active_sites(rnd)) is not None]
+    return set.intersection(*sets) if sets else None

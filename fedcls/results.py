@@ -70,6 +70,7 @@ class Recorder:
         self.run_dir, self.cfg, self.echo = Path(run_dir), cfg, echo
         self.rows: list[dict] = []
         self.partition_counts: list[list[int]] = []
+        self.extras: dict = {}  # summary keys from server extensions (continual metrics, ...)
         self.started = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.run_dir / "config.yaml", to_yaml(cfg))
@@ -105,7 +106,7 @@ class Recorder:
             "dataset": self.cfg["dataset"], "model": self.cfg["model"]["name"],
             "num_clients": self.cfg["num_clients"], "partition": self.cfg["partition"]["kind"],
             "partition_counts": self.partition_counts,
-            "versions": versions(), "command": " ".join(sys.argv),
+            "versions": versions(), "command": " ".join(sys.argv), **self.extras,
         }
 
     def finish(self, status: str = "completed", state_dict=None, error: str | None = None) -> dict:

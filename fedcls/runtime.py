@@ -23,12 +23,22 @@ class Runtime:
     model: Classifier
     device: torch.device
     sites: dict[int, SiteTensors] = field(default_factory=dict)
+    streams: dict[str, object] = field(default_factory=dict)
 
     def site(self, site_id: int) -> SiteTensors:
         """Site `site_id`'s tensors on this runtime's device (built on first use)."""
         if site_id not in self.sites:
             self.sites[site_id] = site_tensors(self.data, site_id, self.device)
         return self.sites[site_id]
+
+    def stream(self, cfg: dict, site_id: int):
+        """Site `site_id`'s continual stream of experiences (built on first use)."""
+        from fedcls.continual.streams import site_stream, stream_key
+
+        key = f"{site_id}:{stream_key(cfg)}"
+        if key not in self.streams:
+            self.streams[key] = site_stream(cfg, self.data, site_id, self.device)
+        return self.streams[key]
 
 
 def pick_device(cfg: dict) -> torch.device:

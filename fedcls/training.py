@@ -6,7 +6,8 @@ global weights and returns (metrics, new state); the weights are the model's own
 compose; they are called in list order at these points of each step:
 
     local_keys(model) -> keys            which weights stay at the site (FedBN's BatchNorm)
-    before_training(ctx)                 once, after the global weights are loaded
+    before_training(ctx)                 once, after the global weights are loaded; may
+                                         replace ctx.data (replay adds its memory)
     per batch:  forward (ctx.features, ctx.logits) -> loss = CE + sum(h.extra_loss(ctx))
                 backward -> h.after_backward(ctx)   (gradient corrections)
                 optimizer.step -> h.after_step(ctx)
@@ -58,6 +59,7 @@ class TrainContext:
     targets: torch.Tensor | None = None
     features: torch.Tensor | None = None  # penultimate representation (models with a head)
     logits: torch.Tensor | None = None
+    loss: torch.Tensor | None = None  # the batch's cross-entropy, before extra losses
     outbox: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
@@ -68,6 +70,7 @@ class LocalResult:
     metrics: dict[str, float]
     state: dict[str, Any]
     outbox: dict[str, dict[str, torch.Tensor]]
+    examples: int = 0  # training samples (with replay: the current data and the memory)
 
 
 class Hook:
@@ -125,6 +128,7 @@ def local_update(model: nn.Module, data: SiteTensors, params: TrainParams,
     model.train()
     for hook in hooks:
         hook.before_training(ctx)
+    data = ctx.data
     loss_sum, seen = torch.zeros((), device=data.train_x.device), 0
     for ctx.epoch in range(params.epochs):
         for idx in batches(len(data.train_y), params.batch_size, gen):
@@ -132,7 +136,7 @@ def local_update(model: nn.Module, data: SiteTensors, params: TrainParams,
             ctx.inputs = with_noise(data.train_x[idx], data.noise_scale, gen)
             ctx.targets = data.train_y[idx]
             forward(model, ctx)
-            loss = nn.functional.cross_entropy(ctx.logits, ctx.targets)
+            ctx.loss = loss = nn.functional.cross_entropy(ctx.logits, ctx.targets)
             total = loss + sum((t for h in hooks if (t := h.extra_loss(ctx)) is not None), 0.0)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -147,7 +151,7 @@ def local_update(model: nn.Module, data: SiteTensors, params: TrainParams,
     metrics = {"train_loss": loss_sum.item() / max(seen, 1), "num-steps": float(ctx.step)}
     for hook in hooks:
         metrics.update(hook.after_training(ctx))
-    return LocalResult(metrics, ctx.state, ctx.outbox)
+    return LocalResult(metrics, ctx.state, ctx.outbox, len(data.train_y))
 
 
 @torch.no_grad()

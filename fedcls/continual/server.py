@@ -1,0 +1,94 @@
+"""The server's side of continual runs, plugged into the round loop (fedcls.federation):
+
+- which sites take part in a round (late joiners wait for ``join_round``);
+- the global model's accuracy on each experience's global test set after every round, the
+  accuracy matrix (a row when every site has finished an experience) and the metrics of
+  fedcls.continual.metrics, per round in metrics.jsonl and at the end in summary.json;
+- ``aggregate_importances``: the sites' EWC importances of each finished experience,
+  averaged weighted by examples, sent back with every later train message.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Message
+
+from fedcls.continual import schedule
+from fedcls.continual.client import EXAMPLES, FEDERATED, IMPORTANCE
+from fedcls.continual.metrics import continual_metrics
+from fedcls.continual.streams import class_groups, global_test_sets
+from fedcls.extensions import Extension
+from fedcls.models import build_model
+from fedcls.runtime import federated_data
+from fedcls.training import evaluate
+
+
+class ImportanceAverage:
+    """Running example-weighted mean of the sites' importances, per experience."""
+
+    def __init__(self):
+        self.sums: dict[int, dict[str, torch.Tensor]] = {}
+        self.counts: dict[int, float] = {}
+
+    def add(self, exp: int, tensors: dict[str, torch.Tensor]) -> None:
+        n = float(tensors[EXAMPLES])
+        acc = self.sums.setdefault(exp, {})
+        for k, v in tensors.items():
+            if k != EXAMPLES:
+                acc[k] = acc.get(k, 0) + n * v.double()
+        self.counts[exp] = self.counts.get(exp, 0.0) + n
+
+    def means(self) -> dict[int, dict[str, torch.Tensor]]:
+        return {e: {k: (v / self.counts[e]).float() for k, v in s.items()}
+                for e, s in self.sums.items() if self.counts[e] > 0}
+
+
+class ContinualServer(Extension):
+    def __init__(self, cfg: dict):
+        self.cfg, data = cfg, federated_data(cfg)
+        self.tests = global_test_sets(cfg, data)
+        self.model = build_model(cfg, data.dataset.shape, data.dataset.num_classes)
+        self.ends = schedule.experience_end_rounds(cfg)
+        self.rows: list[list[float]] = []
+        self.importances = ImportanceAverage()
+        self.latest: dict = {}
+
+    def active_sites(self, rnd: int) -> set[int]:
+        return schedule.active_sites(self.cfg, rnd)
+
+    def outgoing(self, messages: list[Message]) -> list[Message]:
+        """Add the federation's importances to the round's train messages."""
+        for exp, tensors in self.importances.means().items():
+            for m in messages:
+                m.content[f"{FEDERATED}{exp}"] = ArrayRecord(tensors)
+        return messages
+
+    def incoming(self, replies: list[Message]) -> list[Message]:
+        """Take the sites' importances out of the replies (strategies expect weights + metrics)."""
+        for m in (m for m in replies if not m.has_error()):
+            for name in [n for n in m.content.array_records if n.startswith(IMPORTANCE)]:
+                self.importances.add(int(name[len(IMPORTANCE):]), m.content[name].to_torch_state_dict())
+                del m.content[name]
+        return replies
+
+    def after_round(self, rnd: int, arrays: ArrayRecord) -> dict:
+        """Per-experience accuracies of the new global model and the metrics so far."""
+        self.model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
+        accs = [evaluate(self.model, x, y)[1] for x, y in self.tests]
+        self.rows += [accs] * sum(1 for end in self.ends[len(self.rows):] if end == rnd)
+        matrix = self.rows if self.rows and self.ends[len(self.rows) - 1] == rnd else self.rows + [accs]
+        self.latest = continual_metrics(matrix, [len(y) for _, y in self.tests])
+        extra = ({"federated_importances": sorted(self.importances.counts)}
+                 if self.cfg["continual"]["aggregate_importances"] else {})
+        return {"experience": schedule.federation_experience(self.cfg, rnd),
+                "experience_accuracy": accs, **self.latest, **extra}
+
+    def summary(self) -> dict:
+        c = self.cfg["continual"]
+        info = {"continual": {
+            "kind": c["kind"], "method": c["method"], "experiences": c["experiences"],
+            "experience_end_rounds": self.ends,
+            "classes": (class_groups(self.cfg, federated_data(self.cfg).dataset.num_classes)
+                        if c["kind"] == "class_incremental" else None),
+            "domains": c["domains"] if c["kind"] == "domain_incremental" else None}}
+        return {**self.latest, **info}

@@ -1,0 +1,89 @@
+"""Image domains: seeded transforms that mimic devices (scanners, cameras) or a changing world.
+
+A domain is a short spec string, ``name`` or ``name:value``:
+
+    identity            no change
+    rotate:60           rotate by 60 degrees (torchvision's rotate, bilinear)
+    noise:0.3           add Gaussian noise of std 0.3 (on [0, 1] pixels), clipped
+    contrast:0.4        scale contrast around mid-grey by 0.4, clipped
+    gamma:2.0           pixel ** 2.0 (darker scanner response)
+    blur:1.5            Gaussian blur with sigma 1.5 (torchvision's gaussian_blur)
+    invert              1 - pixel
+    scale:0.7           zoom by 0.7 around the centre (torchvision's affine)
+
+Transforms act on float images in [0, 1], shape (N, C, H, W); ``apply_domain`` takes a seed so
+noise is the same in every run. Written by hand only where torchvision has no tensor op for it
+(noise, contrast around mid-grey, gamma, inversion are one line each).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from fedcls.errors import ConfigError, unknown_name
+
+
+def _rotate(x, v, gen):
+    return TF.rotate(x, float(v), interpolation=TF.InterpolationMode.BILINEAR)
+
+
+def _noise(x, v, gen):
+    return (x + float(v) * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+
+
+def _contrast(x, v, gen):
+    return ((x - 0.5) * float(v) + 0.5).clamp(0, 1)
+
+
+def _gamma(x, v, gen):
+    return x.clamp(0, 1) ** float(v)
+
+
+def _blur(x, v, gen):
+    sigma = float(v)
+    size = max(3, 2 * math.ceil(3 * sigma) + 1)
+    return TF.gaussian_blur(x, [size, size], [sigma, sigma])
+
+
+def _invert(x, v, gen):
+    return 1.0 - x
+
+
+def _scale(x, v, gen):
+    return TF.affine(x, angle=0.0, translate=[0, 0], scale=float(v), shear=[0.0, 0.0])
+
+
+TRANSFORMS = {  # name -> (transform, needs a value)
+    "identity": (lambda x, v, gen: x, False), "rotate": (_rotate, True), "noise": (_noise, True),
+    "contrast": (_contrast, True), "gamma": (_gamma, True), "blur": (_blur, True),
+    "invert": (_invert, False), "scale": (_scale, True),
+}
+
+
+def parse_domain(spec: str, key: str = "domain") -> tuple[str, float | None]:
+    """'rotate:60' -> ('rotate', 60.0); a clear ConfigError for unknown names or bad values."""
+    name, _, value = str(spec).partition(":")
+    if name not in TRANSFORMS:
+        raise unknown_name("domain", name, list(TRANSFORMS), key=key)
+    needs_value = TRANSFORMS[name][1]
+    if needs_value and not value:
+        raise ConfigError(f"{key}: domain '{name}' needs a value, e.g. '{name}:0.5'")
+    try:
+        number = float(value) if value else None
+    except ValueError:
+        raise ConfigError(f"{key}: '{spec}' has a value that is not a number") from None
+    if number is not None and name in ("noise", "blur") and number < 0:
+        raise ConfigError(f"{key}: '{spec}' needs a value >= 0")
+    if number is not None and name in ("contrast", "gamma", "scale") and number <= 0:
+        raise ConfigError(f"{key}: '{spec}' needs a value > 0")
+    return name, number
+
+
+def apply_domain(x01: torch.Tensor, spec: str, seed: int) -> torch.Tensor:
+    """Images in [0, 1] seen through domain `spec` (noise drawn from `seed`)."""
+    name, value = parse_domain(spec)
+    gen = torch.Generator().manual_seed(int(seed))
+    return TRANSFORMS[name][0](x01.float(), value, gen)
