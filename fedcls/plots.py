@@ -54,6 +54,10 @@ def plot_run(rows: list[dict], counts: list[list[int]], folder: Path) -> None:
         plot_accuracy(rows, folder / "accuracy.png")
     if counts:
         plot_partition(counts, folder / "partition.png")
+    if rows and "experience_accuracy" in rows[-1]:
+        from fedcls.continual.plots import plot_continual
+
+        plot_continual(rows, folder)
 
 
 def plot_study_accuracy(cells, strategies: list[str], scenario: str, path: Path) -> None:

@@ -4,7 +4,8 @@ runs' files only (runs/*/config.yaml, summary.json, metrics.jsonl).
 Writes into STUDY_DIR: table.md, table.csv, table.tex (booktabs) with final accuracy mean +- std
 over seeds per strategy x scenario, degradation against ``iid`` in points, and rounds to reach
 the target accuracy; plots/accuracy_<scenario>.png, plots/degradation.png,
-plots/partition_<scenario>.png.
+plots/partition_<scenario>.png. Studies of continual runs also get table_continual.md/.csv
+(average accuracy, forgetting, BWT per scenario x method; see fedcls.continual.report).
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ def report(study: Path, target: float = 0.9) -> dict:
     (study / "table.tex").write_text(latex(cells, strategies, scenarios))
     write_csv(study / "table.csv", cells, strategies, scenarios)
     plot_study(cells, strategies, scenarios, study / "plots", degradation)
+    from fedcls.continual.report import write_continual_tables
+
+    write_continual_tables(study, run_dirs(study))
     return cells
 
 
@@ -161,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}; run python -m fedcls.sweep first", file=sys.stderr)
         return 2
     print((args.study / "table.md").read_text())
+    if (args.study / "table_continual.md").exists():
+        print((args.study / "table_continual.md").read_text())
     print(f"written: {args.study}/table.md, table.csv, table.tex, plots/")
     return 0
 

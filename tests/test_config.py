@@ -9,7 +9,11 @@ from fedcls.errors import ConfigError
 def test_every_scenario_file_composes_and_validates(name):
     cfg = compose([f"scenario={name}"])
     assert cfg["scenario"] == name
-    assert cfg["partition"]["kind"] in name.replace("label", "label_k") or name == "iid"
+    if name.startswith("continual_"):
+        kinds = {"continual_classes": "class_incremental", "continual_domains": "domain_incremental"}
+        assert cfg["continual"]["kind"] == kinds[name]
+    else:
+        assert cfg["partition"]["kind"] in name.replace("label", "label_k") or name == "iid"
 
 
 def test_required_scenarios_exist():

@@ -119,3 +119,5 @@ def test_staggered_late_site_with_ewc_replay_and_fedprox(cli, tmp_path):
     # sites 0-2 close experience 0 in round 3 and send its importances; experience 1 in round 5
     assert [r["federated_importances"] for r in rows] == [[], [], [0], [0], [0, 1], [0, 1], [0, 1]]
     assert all(r["failures"] == [] for r in rows)
+    plots = {p.name for p in (tmp_path / "r" / "plots").iterdir()}
+    assert {"accuracy_matrix.png", "experiences.png"} <= plots

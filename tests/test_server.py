@@ -26,7 +26,8 @@ def test_aggregate_with_spread_by_hand():
 def test_build_strategy_uses_flowers_classes_with_our_settings():
     fedavg = build_strategy(compose(["fraction_train=0.5", "num_clients=4"]))
     prox = build_strategy(compose(["strategy=fedprox", "strategy.proximal_mu=0.2"]))
-    assert type(fedavg) is FedAvg and fedavg.fraction_train == 0.5 and fedavg.min_available_nodes == 4
+    # min_available_nodes=1: the loop waits for all nodes itself, and late sites may sit out
+    assert type(fedavg) is FedAvg and fedavg.fraction_train == 0.5 and fedavg.min_available_nodes == 1
     assert type(prox) is FedProx and prox.proximal_mu == 0.2
 
 

@@ -222,5 +222,7 @@ def test_every_strategy_builds_and_bulyan_checks_its_client_count():
     for name in strategies.names():
         extra = ["model=simple_cnn_bn"] if name == "fedbn" else []
         assert build_strategy(compose([f"strategy={name}", *extra])) is not None
+    with pytest.raises(ConfigError, match="integer BatchNorm counters"):
+        compose(["strategy=qfedavg", "model=simple_cnn_bn"])
     with pytest.raises(ConfigError, match="4\\*num_malicious\\+3"):
         compose(["strategy=bulyan", "strategy.num_malicious=2"])
