@@ -75,6 +75,7 @@ def check_values(cfg: dict) -> None:
     check_ranges(cfg)
     check_fits_data(cfg)
     check_continual(cfg)
+    check_domain_section(cfg)
 
 
 METHODS = ("naive", "ewc", "replay", "ewc+replay")
@@ -117,7 +118,7 @@ def check_continual(cfg: dict) -> None:
 
 
 def _check_stream(cfg: dict) -> None:
-    from fedcls.data.domains import parse_domain
+    from fedcls.data.domains import check_domain
     from fedcls.data.sources import SOURCES
 
     c = cfg["continual"]
@@ -130,4 +131,32 @@ def _check_stream(cfg: dict) -> None:
                  f"continual.domains lists {len(c['domains'])} domains for {c['experiences']} "
                  "experiences: give one per experience, e.g. [rotate:0, rotate:90, noise:0.3]")
         for i, spec in enumerate(c["domains"][: c["experiences"]]):
-            parse_domain(spec, key=f"continual.domains[{i}]")
+            check_domain(spec, key=f"continual.domains[{i}]")
+
+
+def check_domain_section(cfg: dict) -> None:
+    """Site domains, targets, the target dataset and CORAL's settings."""
+    from fedcls.data.domains import check_domain
+    from fedcls.data.sources import SOURCES
+
+    d, c, n = cfg["domain"], cfg["coral"], cfg["num_clients"]
+    for i, spec in enumerate(d["sites"]):
+        check_domain(spec, key=f"domain.sites[{i}]")
+    targets = d["targets"]
+    _require(all(isinstance(t, int) and 0 <= t < n for t in targets),
+             f"domain.targets={targets} must be site ids in 0..{n - 1}")
+    _require(len(set(targets)) < n, "domain.targets names every site: leave at least one source site to train")
+    if d["target_dataset"] is not None:
+        if d["target_dataset"] not in SOURCES:
+            raise unknown_name("dataset", d["target_dataset"], list(SOURCES), key="domain.target_dataset")
+        _require(bool(targets), "domain.target_dataset needs target sites to hold it: set domain.targets, e.g. [4]")
+        _require(SOURCES[d["target_dataset"]].num_classes(cfg) == SOURCES[cfg["dataset"]].num_classes(cfg),
+                 f"domain.target_dataset={d['target_dataset']} has other classes than dataset={cfg['dataset']}")
+    if c["mode"] not in ("target", "pooled"):
+        raise unknown_name("CORAL mode", c["mode"], ["target", "pooled"], key="coral.mode")
+    _require(c["lambda"] >= 0, f"coral.lambda must be >= 0, got {c['lambda']}")
+    _require(not (c["enabled"] and c["mode"] == "target" and not targets),
+             "coral.mode=target needs target sites (domain.targets=[...]) or coral.mode=pooled")
+    _require(not (cfg["continual"]["kind"] != "none" and (targets or d["sites"])),
+             "continual runs do not take site domains or targets yet: use continual.domains for "
+             "domain-incremental streams, or leave domain.sites and domain.targets empty")

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 import strategies
-from fedcls import continual
+from fedcls import continual, coral
 from fedcls.continual.schedule import site_experience
 from fedcls.runtime import get_runtime
 from fedcls.training import TrainParams, evaluate, local_update
@@ -61,10 +61,15 @@ def _inbox(msg: Message) -> dict:
 
 
 def _hooks(cfg: dict, msg: Message, inbox: dict) -> list:
+    """The strategy's client hooks, then CORAL's (when enabled and statistics came)."""
     module = strategies.get(cfg["strategy"]["name"])
-    if not hasattr(module, "client_hooks"):
-        return []
-    return module.client_hooks(msg.content["config"], inbox)
+    hooks = module.client_hooks(msg.content["config"], inbox) if hasattr(module, "client_hooks") else []
+    return hooks + coral.client_hooks(cfg, inbox)
+
+
+def _evaluation_hooks(cfg: dict) -> list:
+    module = strategies.get(cfg["strategy"]["name"])
+    return module.evaluation_hooks() if hasattr(module, "evaluation_hooks") else []
 
 
 def _site_data(cfg: dict, runtime, site: int, server_round: int):
@@ -119,21 +124,30 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_local(msg: Message, context: Context) -> Message:
     cfg, config, runtime = _setup(msg, context)
     site = site_id(context)
-    module = strategies.get(cfg["strategy"]["name"])
-    hooks = module.evaluation_hooks() if hasattr(module, "evaluation_hooks") else []
+    hooks = _evaluation_hooks(cfg)
     _load_weights(runtime.model, msg.content["arrays"], hooks)
-    for hook in hooks:  # e.g. FedBN puts the site's own BatchNorm back
-        hook.before_evaluate(runtime.model, _load_state(context))
     data, stream, exp = _site_data(cfg, runtime, site, int(config.get("server-round", 1)))
+    for hook in hooks:  # e.g. FedBN puts the site's own BatchNorm back
+        hook.before_evaluate(runtime.model, _load_state(context), data.train_x)
     test_x, test_y = (data.test_x, data.test_y) if stream is None else stream.seen_test(exp)
     loss, acc = evaluate(runtime.model, test_x, test_y, noise_scale=data.noise_scale,
                          seed=round_seed(cfg, 0, site))
-    metrics = MetricRecord({"loss": loss, "accuracy": acc, "num-examples": len(test_y)})
+    metrics = MetricRecord({"loss": loss, "accuracy": acc, "num-examples": len(test_y),
+                            "site": float(site)})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Tell the server which site this node serves (see fedcls.federation.discover_sites)."""
+    """Tell the server which site this node serves (see fedcls.federation.discover_sites), or,
+    asked by CORAL, the feature statistics of the site's unlabelled data under the weights sent."""
+    if "config" in msg.content.config_records and coral.REQUEST in msg.content["config"]:
+        cfg, _, runtime = _setup(msg, context)
+        _load_weights(runtime.model, msg.content["arrays"], _hooks(cfg, msg, {}))
+        x = runtime.site(site_id(context)).train_x
+        for hook in _evaluation_hooks(cfg):  # FedBN: the site's own BatchNorm
+            hook.before_evaluate(runtime.model, _load_state(context), x)
+        stats = coral.site_feature_stats(runtime.model, x)
+        return Message(content=RecordDict({coral.STATS_RECORD: ArrayRecord(stats)}), reply_to=msg)
     return Message(content=RecordDict({"site": ConfigRecord({SITE_KEY: site_id(context)})}),
                    reply_to=msg)

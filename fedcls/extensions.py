@@ -3,9 +3,12 @@
 The loop (fedcls.federation) calls each extension at fixed points of every round; the base
 class does nothing, so an extension overrides only what it needs:
 
-    active_sites(rnd)        sites that may be sampled this round (None: all)
+    train_sites(rnd)         sites that may be sampled for training this round (None: all)
+    before_train(rnd, arrays, grid, config)  before the strategy configures training (CORAL
+                             asks sites for feature statistics here)
     outgoing(messages)       before the train messages go out (add named records)
     incoming(replies)        before the strategy aggregates (take named records out)
+    after_evaluate(rnd, replies) -> extra metrics from the sites' evaluation replies
     after_round(rnd, arrays) -> extra per-round metrics for metrics.jsonl
     summary()                -> extra keys for summary.json
 """
@@ -14,7 +17,10 @@ from __future__ import annotations
 
 
 class Extension:
-    def active_sites(self, rnd: int) -> set[int] | None:
+    def train_sites(self, rnd: int) -> set[int] | None:
+        return None
+
+    def before_train(self, rnd: int, arrays, grid, config) -> None:
         return None
 
     def outgoing(self, messages: list) -> list:
@@ -22,6 +28,9 @@ class Extension:
 
     def incoming(self, replies: list) -> list:
         return replies
+
+    def after_evaluate(self, rnd: int, replies: list) -> dict:
+        return {}
 
     def after_round(self, rnd: int, arrays) -> dict:
         return {}
@@ -38,4 +47,12 @@ def extensions_for(cfg: dict) -> list[Extension]:
         from fedcls.continual.server import ContinualServer
 
         out.append(ContinualServer(cfg))
+    if cfg["domain"]["targets"]:
+        from fedcls.domain_eval import DomainEvaluation
+
+        out.append(DomainEvaluation(cfg))
+    if cfg["coral"]["enabled"]:
+        from fedcls.coral import CoralServer
+
+        out.append(CoralServer(cfg))
     return out

@@ -29,12 +29,13 @@ from fedcls.runtime import federated_data
 from fedcls.training import evaluate
 
 QUERY_TIMEOUT_S = 600.0
-PER_CLIENT = ("site", "participations")  # train metrics that make no sense averaged
+PER_CLIENT = ("site", "participations", "experience")  # train metrics that make no sense averaged
 
 
 def aggregate_with_spread(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Flower's weighted mean of client metrics, plus the unweighted mean/min/max accuracy."""
     agg = aggregate_metricrecords(records, weight_key)
+    agg.pop("site", None)  # per-site; read by fedcls.domain_eval, meaningless averaged
     accs = [float(next(iter(r.metric_records.values()))["accuracy"]) for r in records]
     agg["accuracy_mean"], agg["accuracy_min"], agg["accuracy_max"] = (
         sum(accs) / len(accs), min(accs), max(accs))
@@ -146,8 +147,11 @@ def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
     for rnd in range(1, cfg["rounds"] + 1):
         started, started_at = time.perf_counter(), time.time()
         random.seed(f"{cfg['seed']}-{rnd}")  # Flower's node sampling draws from `random`
-        grid.active_sites = _active_sites(extensions, rnd)
+        for ext in extensions:
+            ext.before_train(rnd, arrays, grid, ConfigRecord({CONFIG_KEY: payload}))
+        grid.active_sites = _train_sites(extensions, rnd)
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({CONFIG_KEY: payload}), grid))
+        grid.active_sites = None  # every site may evaluate
         for ext in extensions:
             messages = ext.outgoing(messages)
         replies = list(grid.send_and_receive(messages))
@@ -159,7 +163,8 @@ def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
         eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
         client_metrics = strategy.aggregate_evaluate(rnd, eval_replies)
         loss, accuracy = evaluate_global(arrays)
-        extra = {k: v for ext in extensions for k, v in ext.after_round(rnd, arrays).items()}
+        extra = {k: v for ext in extensions for k, v in
+                 {**ext.after_evaluate(rnd, eval_replies), **ext.after_round(rnd, arrays)}.items()}
         recorder.extras = {k: v for ext in extensions for k, v in ext.summary().items()}
         recorder.round(rnd, {
             "accuracy": accuracy, "loss": loss,
@@ -172,7 +177,7 @@ def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
     return arrays
 
 
-def _active_sites(extensions: list, rnd: int) -> set[int] | None:
-    """Sites every extension lets take part in round `rnd` (None: all)."""
-    sets = [s for ext in extensions if (s := ext.active_sites(rnd)) is not None]
+def _train_sites(extensions: list, rnd: int) -> set[int] | None:
+    """Sites every extension lets train in round `rnd` (None: all)."""
+    sets = [s for ext in extensions if (s := ext.train_sites(rnd)) is not None]
     return set.intersection(*sets) if sets else None

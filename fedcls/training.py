@@ -79,8 +79,10 @@ class Hook:
     def local_keys(self, model: nn.Module) -> set[str]:
         return set()
 
-    def before_evaluate(self, model: nn.Module, state: dict[str, Any]) -> None:
-        """Called before a site evaluates the global model on its local test split."""
+    def before_evaluate(self, model: nn.Module, state: dict[str, Any],
+                        unlabelled: torch.Tensor | None = None) -> None:
+        """Called before a site evaluates (or describes) the global model on its data;
+        ``unlabelled``: the site's training images, for hooks that adapt without labels."""
 
     def before_training(self, ctx: TrainContext) -> None: ...
 

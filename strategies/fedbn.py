@@ -4,7 +4,8 @@ averaged as in FedAvg.
 
 Client half: ``LocalBatchNorm`` declares the BatchNorm tensors local (they are never sent), puts
 the site's own back before training and evaluation (a site's first time: BatchNorm as
-initialised) and keeps them in the client's state. Server half: Flower's FedAvg, which only ever
+initialised) and keeps them in the client's state; a site that never trains (a held-out
+target) evaluates with BatchNorm statistics of its own unlabelled data (AdaBN). Server half: Flower's FedAvg, which only ever
 sees the other tensors. Needs a model with BatchNorm: simple_cnn_bn, or resnet18 with
 model.norm=batch. The server's global accuracy uses BatchNorm as initialised; judge FedBN by the
 sites' local test accuracy (metrics.jsonl "clients").
@@ -12,6 +13,7 @@ sites' local test accuracy (metrics.jsonl "clients").
 
 from __future__ import annotations
 
+import torch
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
@@ -53,12 +55,32 @@ def restore(model: nn.Module, saved: dict | None) -> None:
             module.reset_parameters()
 
 
+@torch.no_grad()
+def adapt_statistics(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> None:
+    """AdaBN (Li et al., "Revisiting Batch Normalization for Practical Domain Adaptation", 2016):
+    BatchNorm statistics of a site that never trained, from its own unlabelled images (the
+    cumulative average over its data); the affine weights stay as initialised."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch counts equally
+    model.train()
+    for start in range(0, len(x), batch_size):
+        model(x[start:start + batch_size])
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    model.eval()
+
+
 class LocalBatchNorm(Hook):
     def local_keys(self, model: nn.Module) -> set[str]:
         return batchnorm_keys(model)
 
-    def before_evaluate(self, model: nn.Module, state: dict) -> None:
+    def before_evaluate(self, model: nn.Module, state: dict, unlabelled=None) -> None:
         restore(model, state.get(STATE_KEY))
+        if not state.get(STATE_KEY) and unlabelled is not None and len(unlabelled):
+            adapt_statistics(model, unlabelled)  # a site that never trained: a held-out target
 
     def before_training(self, ctx: TrainContext) -> None:
         restore(ctx.model, ctx.state.get(STATE_KEY))

@@ -121,3 +121,4 @@ def test_staggered_late_site_with_ewc_replay_and_fedprox(cli, tmp_path):
     assert all(r["failures"] == [] for r in rows)
     plots = {p.name for p in (tmp_path / "r" / "plots").iterdir()}
     assert {"accuracy_matrix.png", "experiences.png"} <= plots
+

@@ -53,7 +53,7 @@ class ContinualServer(Extension):
         self.importances = ImportanceAverage()
         self.latest: dict = {}
 
-    def active_sites(self, rnd: int) -> set[int]:
+    def train_sites(self, rnd: int) -> set[int]:
         return schedule.active_sites(self.cfg, rnd)
 
     def outgoing(self, messages: list[Message]) -> list[Message]:

@@ -10,6 +10,10 @@ A domain is a short spec string, ``name`` or ``name:value``:
     blur:1.5            Gaussian blur with sigma 1.5 (torchvision's gaussian_blur)
     invert              1 - pixel
     scale:0.7           zoom by 0.7 around the centre (torchvision's affine)
+    color:0.3           per-channel gains drawn in [0.7, 1.3] (a camera's colour cast; on one
+                        channel, a brightness change), clipped
+
+Domains chain with '+': ``contrast:0.5+noise:0.1`` applies contrast, then noise.
 
 Transforms act on float images in [0, 1], shape (N, C, H, W); ``apply_domain`` takes a seed so
 noise is the same in every run. Written by hand only where torchvision has no tensor op for it
@@ -56,10 +60,15 @@ def _scale(x, v, gen):
     return TF.affine(x, angle=0.0, translate=[0, 0], scale=float(v), shear=[0.0, 0.0])
 
 
+def _color(x, v, gen):
+    gains = 1.0 + float(v) * (2 * torch.rand(x.shape[1], generator=gen) - 1)
+    return (x * gains.view(1, -1, 1, 1)).clamp(0, 1)
+
+
 TRANSFORMS = {  # name -> (transform, needs a value)
     "identity": (lambda x, v, gen: x, False), "rotate": (_rotate, True), "noise": (_noise, True),
     "contrast": (_contrast, True), "gamma": (_gamma, True), "blur": (_blur, True),
-    "invert": (_invert, False), "scale": (_scale, True),
+    "invert": (_invert, False), "scale": (_scale, True), "color": (_color, True),
 }
 
 
@@ -75,15 +84,24 @@ def parse_domain(spec: str, key: str = "domain") -> tuple[str, float | None]:
         number = float(value) if value else None
     except ValueError:
         raise ConfigError(f"{key}: '{spec}' has a value that is not a number") from None
-    if number is not None and name in ("noise", "blur") and number < 0:
+    if number is not None and name in ("noise", "blur", "color") and number < 0:
         raise ConfigError(f"{key}: '{spec}' needs a value >= 0")
     if number is not None and name in ("contrast", "gamma", "scale") and number <= 0:
         raise ConfigError(f"{key}: '{spec}' needs a value > 0")
     return name, number
 
 
+def check_domain(spec: str, key: str = "domain") -> None:
+    """ConfigError unless every part of a (possibly '+'-chained) domain spec is valid."""
+    for part in str(spec).split("+"):
+        parse_domain(part, key)
+
+
 def apply_domain(x01: torch.Tensor, spec: str, seed: int) -> torch.Tensor:
-    """Images in [0, 1] seen through domain `spec` (noise drawn from `seed`)."""
-    name, value = parse_domain(spec)
+    """Images in [0, 1] seen through domain `spec` (random parts drawn from `seed`)."""
     gen = torch.Generator().manual_seed(int(seed))
-    return TRANSFORMS[name][0](x01.float(), value, gen)
+    x = x01.float()
+    for part in str(spec).split("+"):
+        name, value = parse_domain(part)
+        x = TRANSFORMS[name][0](x, value, gen)
+    return x

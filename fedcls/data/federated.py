@@ -8,19 +8,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedcls.data.domains import apply_domain
 from fedcls.data.partition import Partition, make_partition
 from fedcls.data.sources import Dataset, load_dataset
 
-DATA_KEYS = ("dataset", "data", "partition", "num_clients", "seed")
+DATA_KEYS = ("dataset", "data", "partition", "num_clients", "seed", "domain")
 
 
 @dataclass
 class Site:
-    """One site's local train and test indices into the train pool, and its feature noise."""
+    """One site's local train and test indices into its pool (the dataset's train pool, or the
+    target dataset's for a target site holding another dataset), feature noise and domain."""
 
     train_idx: np.ndarray
     test_idx: np.ndarray
     noise_std: float
+    domain: str = "identity"
+    foreign: bool = False  # holds domain.target_dataset rather than a share of `dataset`
 
 
 @dataclass
@@ -28,6 +32,8 @@ class FederatedData:
     dataset: Dataset
     partition: Partition
     sites: list[Site]
+    target: Dataset | None = None  # domain.target_dataset, held by the target sites
+    seed: int = 0  # draws the site domains' noise
 
 
 @dataclass
@@ -46,25 +52,56 @@ def data_key(cfg: dict) -> str:
     return json.dumps({k: cfg[k] for k in DATA_KEYS}, sort_keys=True)
 
 
+def _local_split(idx: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices of one site's share."""
+    shuffled = rng.permutation(idx)
+    n_test = min(int(round(len(idx) * fraction)), max(len(idx) - 1, 0))  # keep one to train on
+    return np.sort(shuffled[n_test:]), np.sort(shuffled[:n_test])
+
+
 def build_federated_data(cfg: dict) -> FederatedData:
-    """Load the dataset, partition its train pool and split each part into local train/test."""
-    dataset = load_dataset(cfg)
+    """Load the dataset, partition its train pool and split each part into local train/test.
+    With domain.target_dataset, the target sites share that dataset's pool (IID) instead."""
+    from fedcls.domain_eval import site_domain
+
+    dataset, n, d = load_dataset(cfg), cfg["num_clients"], cfg["domain"]
+    foreign = set(d["targets"]) if d["target_dataset"] else set()
+    holders = [s for s in range(n) if s not in foreign]
     labels = dataset.train_y.numpy()
-    partition = make_partition(labels, cfg["num_clients"], cfg["partition"], cfg["seed"])
+    partition = make_partition(labels, len(holders), cfg["partition"], cfg["seed"])
+    target = load_dataset({**cfg, "dataset": d["target_dataset"]}) if foreign else None
+    shares = dict(zip(holders, zip(partition.indices, partition.noise_std)))
+    if foreign:
+        pool = np.random.default_rng([cfg["seed"], 0x7A6]).permutation(len(target.train_y))
+        shares.update({t: (part, 0.0) for t, part in zip(sorted(foreign), np.array_split(pool, len(foreign)))})
     rng = np.random.default_rng([cfg["seed"], 0x5E57])
     sites = []
-    for idx, noise in zip(partition.indices, partition.noise_std):
-        shuffled = rng.permutation(idx)
-        n_test = int(round(len(idx) * cfg["data"]["local_test_fraction"]))
-        n_test = min(n_test, max(len(idx) - 1, 0))  # keep at least one training sample
-        sites.append(Site(np.sort(shuffled[n_test:]), np.sort(shuffled[:n_test]), noise))
-    return FederatedData(dataset, partition, sites)
+    for s in range(n):
+        idx, noise = shares[s]
+        train, test = _local_split(idx, cfg["data"]["local_test_fraction"], rng)
+        sites.append(Site(train, test, noise, site_domain(cfg, s), s in foreign))
+    return FederatedData(dataset, partition, sites, target, cfg["seed"])
+
+
+def site_view(data: FederatedData, site_id: int, x: torch.Tensor, seed: list[int]) -> torch.Tensor:
+    """Raw images of a site, through its device domain, normalised with the federation's
+    statistics (a target dataset keeps its own look: that is the shift)."""
+    ds = data.dataset
+    domain = data.sites[site_id].domain
+    if domain == "identity":
+        return ds.normalize(x)
+    x01 = apply_domain(x.float() / ds.scale, domain,
+                       int(np.random.SeedSequence([*seed, site_id]).generate_state(1)[0]))
+    return ds.normalize(x01 * ds.scale)
 
 
 def site_tensors(data: FederatedData, site_id: int, device: torch.device) -> SiteTensors:
     """Site `site_id`'s data, normalised, on `device`."""
-    ds, site = data.dataset, data.sites[site_id]
+    site = data.sites[site_id]
+    pool = data.target if site.foreign else data.dataset
     tr, te = torch.as_tensor(site.train_idx), torch.as_tensor(site.test_idx)
-    scale = (site.noise_std / ds.std).to(device)  # noise is defined on [0, 1] pixels (NIID-Bench)
-    return SiteTensors(ds.normalize(ds.train_x[tr]).to(device), ds.train_y[tr].to(device),
-                       ds.normalize(ds.train_x[te]).to(device), ds.train_y[te].to(device), scale)
+    scale = (site.noise_std / data.dataset.std).to(device)  # noise is defined on [0, 1] pixels (NIID-Bench)
+    return SiteTensors(site_view(data, site_id, pool.train_x[tr], [data.seed, 0]).to(device),
+                       pool.train_y[tr].to(device),
+                       site_view(data, site_id, pool.train_x[te], [data.seed, 1]).to(device),
+                       pool.train_y[te].to(device), scale)
