@@ -98,8 +98,9 @@ class Hook:
 
 
 def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """One epoch's shuffled index batches."""
-    return list(torch.randperm(n, generator=gen).split(batch_size))
+    """One epoch's shuffled index batches (none for no data: a site may hold no samples of an
+    experience, and randperm(0).split gives one empty batch, whose loss is NaN)."""
+    return list(torch.randperm(n, generator=gen).split(batch_size)) if n else []
 
 
 def with_noise(x: torch.Tensor, scale: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

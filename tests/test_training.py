@@ -89,6 +89,16 @@ def test_local_update_is_deterministic_per_seed():
     assert not torch.equal(runs[0][0], runs[2][0])
 
 
+def test_a_site_without_samples_trains_nothing_and_reports_finite_numbers():
+    empty = SiteTensors(torch.zeros(0, 1, 2, 2), torch.zeros(0, dtype=torch.long),
+                        torch.zeros(0, 1, 2, 2), torch.zeros(0, dtype=torch.long), torch.zeros(1))
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = local_update(model, empty, TrainParams(2, 8, 0.1, 0.9), [], {})
+    assert result.metrics == {"train_loss": 0.0, "num-steps": 0.0} and result.examples == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_hooks_are_called_in_order_and_can_keep_state():
     calls = []
 
