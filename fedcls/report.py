@@ -5,7 +5,8 @@ Writes into STUDY_DIR: table.md, table.csv, table.tex (booktabs) with final accu
 over seeds per strategy x scenario, degradation against ``iid`` in points, and rounds to reach
 the target accuracy; plots/accuracy_<scenario>.png, plots/degradation.png,
 plots/partition_<scenario>.png. Studies of continual runs also get table_continual.md/.csv
-(average accuracy, forgetting, BWT per scenario x method; see fedcls.continual.report).
+(average accuracy, forgetting, BWT per scenario x method; see fedcls.continual.report), and
+studies with held-out target sites table_targets.md/.csv (fedcls.domain_report).
 """
 
 from __future__ import annotations
@@ -149,8 +150,10 @@ def report(study: Path, target: float = 0.9) -> dict:
     write_csv(study / "table.csv", cells, strategies, scenarios)
     plot_study(cells, strategies, scenarios, study / "plots", degradation)
     from fedcls.continual.report import write_continual_tables
+    from fedcls.domain_report import write_target_tables
 
     write_continual_tables(study, run_dirs(study))
+    write_target_tables(study, run_dirs(study))
     return cells
 
 
@@ -165,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}; run python -m fedcls.sweep first", file=sys.stderr)
         return 2
     print((args.study / "table.md").read_text())
-    if (args.study / "table_continual.md").exists():
-        print((args.study / "table_continual.md").read_text())
+    for extra in ("table_continual.md", "table_targets.md"):
+        if (args.study / extra).exists():
+            print((args.study / extra).read_text())
     print(f"written: {args.study}/table.md, table.csv, table.tex, plots/")
     return 0
 

@@ -80,3 +80,30 @@ def test_sweep_grid_is_the_product_of_comma_lists():
     assert fixed == {"name": "s"} and common == ["rounds=5"]
     assert len(points) == 6 and points[0] == ["strategy=fedavg", "seed=0"]
     assert run_id_of(points[-1]) == "strategy-fedprox_seed-2"
+
+
+def fake_site_run(study, args, seed, summary):
+    """A completed run with extra summary keys (continual metrics, target accuracy)."""
+    cfg = compose([*args, f"seed={seed}"])
+    run_dir = study / "runs" / f"{'_'.join(args)}-{seed}".replace("=", "-")
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"round": 1, "accuracy": 0.5}) + "\n")
+    (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "final_accuracy": 0.5,
+                                                      "partition_counts": [[1]], **summary}))
+
+
+def test_continual_and_target_tables_average_the_runs_summaries(tmp_path):
+    for seed, (avg, forget) in enumerate([(0.4, 0.3), (0.6, 0.1)]):
+        fake_site_run(tmp_path, ["scenario=continual_classes", "continual.method=replay"], seed,
+                      {"average_accuracy": avg, "forgetting": forget, "bwt": -forget, "accuracy_matrix": [[1]]})
+    for seed, target in enumerate([0.3, 0.5, 0.7]):
+        fake_site_run(tmp_path, ["scenario=hospitals", "coral.enabled=true"], seed,
+                      {"target_accuracy": target, "sources": [0, 1], "site_accuracy": {"0": 0.9, "1": 0.8, "4": target}})
+    report(tmp_path)
+    continual = (tmp_path / "table_continual.md").read_text()
+    assert "| continual_classes | replay | 50.0 ± 14.1 | 20.0 ± 14.1 | -20.0 ± 14.1 |" in continual
+    targets = (tmp_path / "table_targets.md").read_text()
+    assert "| hospitals | fedavg + CORAL (lambda 10, target) | 50.0 ± 20.0 | 85.0 ± 0.0 | 50.0 ± 0.0 |" in targets
+    rows = list(csv.DictReader((tmp_path / "table_targets.csv").open()))
+    assert float(rows[0]["target_accuracy_mean"]) == pytest.approx(0.5) and rows[0]["seeds"] == "3"
