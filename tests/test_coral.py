@@ -99,3 +99,44 @@ def test_target_accuracy_is_the_targets_weighted_accuracy_and_targets_do_not_tra
 def test_bad_domain_settings_name_the_fix(args, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         compose(args)
+
+
+class StatsGrid:
+    """Nodes 100+s serve site s; each answers a statistics query with fixed features."""
+
+    def __init__(self, sites):
+        self.site_of_node = {100 + s: s for s in range(sites)}
+        self.asked = []
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for m in messages:
+            site = self.site_of_node[m.metadata.dst_node_id]
+            self.asked.append(site)
+            feats = torch.arange(6, dtype=torch.float64).view(3, 2) * (site + 1)
+            replies.append(_stats_reply(feature_stats(feats)))
+        return replies
+
+
+def _stats_reply(stats):
+    from flwr.app import ArrayRecord
+
+    return Message(RecordDict({"coral.stats": ArrayRecord(stats)}), dst_node_id=0, message_type="query")
+
+
+@pytest.mark.parametrize("mode, asked", [("target", [3]), ("pooled", [0, 1, 2, 3])])
+def test_coral_server_asks_the_statistics_sites_and_forwards_the_pool(monkeypatch, mode, asked):
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from fedcls.coral import CoralServer
+
+    identity(monkeypatch)
+    cfg = compose(["num_clients=4", "domain.targets=[3]", "coral.enabled=true", f"coral.mode={mode}"])
+    grid, server = StatsGrid(4), CoralServer(cfg)
+    server.before_train(1, ArrayRecord({"w": torch.zeros(2)}), grid, ConfigRecord({"fedcls-config": "{}"}))
+    assert sorted(grid.asked) == asked
+    feats = torch.cat([torch.arange(6, dtype=torch.float64).view(3, 2) * (s + 1) for s in asked])
+    messages = server.outgoing([_stats_reply({"x": torch.zeros(1)}) for _ in range(2)])
+    for m in messages:
+        sent = m.content["coral.stats"].to_torch_state_dict()
+        assert torch.allclose(sent["cov"].double(), covariance(feats), atol=1e-4)
