@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 import strategies
-from fedcls import continual, coral
+from fedcls import continual, coral, site_state
 from fedcls.continual.schedule import site_experience
 from fedcls.runtime import get_runtime
 from fedcls.training import TrainParams, evaluate, local_update
@@ -103,6 +103,7 @@ def train(msg: Message, context: Context) -> Message:
     inbox, model = _inbox(msg), runtime.model
     hooks = _hooks(cfg, msg, inbox)
     local_keys = _load_weights(model, msg.content["arrays"], hooks)
+    site_state.restore(context, site)  # a restarted SuperNode: the state from the site's disk
     state = _load_state(context)
     rounds = int(state.pop("fedcls", {}).get("participations", torch.tensor(0))) + 1
     data, stream, exp = _site_data(cfg, runtime, site, int(config["server-round"]))
@@ -112,6 +113,7 @@ def train(msg: Message, context: Context) -> Message:
         hooks = continual_hooks(cfg, stream, exp, state, inbox) + hooks
     result = local_update(model, data, params, hooks, state)
     _save_state(context, {**result.state, "fedcls": {"participations": torch.tensor(rounds)}})
+    site_state.persist(context, site)
     metrics = {**result.metrics, "participations": float(rounds), "site": float(site),
                "num-examples": result.examples}
     weights = {k: v for k, v in model.state_dict().items() if k not in local_keys}
