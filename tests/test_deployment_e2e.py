@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 
 pytestmark = pytest.mark.e2e
-OVERRIDES = "num_clients=3 rounds=2 local_epochs=2 lr=0.05 model=mlp save_model=false"
+OVERRIDES = "num_clients=3 rounds=2 local_epochs=2 lr=0.05 model=mlp fraction_evaluate=0 save_model=false"
 BIN = Path(sys.executable).parent
 
 
@@ -23,6 +23,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60) -> None:
+    """Until something listens on 127.0.0.1:port (the SuperLink), so SuperNodes need no retries."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on port {port}")
 
 
 def start(args: list[str], log: Path, env: dict) -> subprocess.Popen:
@@ -51,6 +62,7 @@ def test_superlink_three_supernodes_and_flwr_run(tmp_path, cli):
     procs = [start([str(BIN / "flower-superlink"), "--insecure", "--port", str(link),
                     "--database", str(tmp_path / "state.db")], tmp_path / "superlink.log", env)]
     try:
+        wait_for_port(link)
         for site in range(3):
             procs.append(start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
                                 "--port", str(free_port()), "--node-config", f"partition-id={site} num-partitions=3"],
