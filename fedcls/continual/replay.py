@@ -66,6 +66,7 @@ class ReplayHook(Hook):
     def __init__(self, memory_size: int, stream, previous: int, current: int):
         self.memory_size, self.stream = memory_size, stream
         self.previous, self.current = previous, current
+        self.replayed = 0  # memory samples added to this round's data
 
     def before_training(self, ctx: TrainContext) -> None:
         policy = load_buffer(ctx.state.get(KEY), self.memory_size)
@@ -76,11 +77,11 @@ class ReplayHook(Hook):
         ctx.state[KEY] = save_buffer(policy)
         mem = memory(policy)
         if mem is not None:
+            self.replayed = len(mem[1])
             d, device = ctx.data, ctx.data.train_x.device
             ctx.data = SiteTensors(torch.cat([d.train_x, mem[0].to(device)]),
                                    torch.cat([d.train_y, mem[1].to(device)]),
                                    d.test_x, d.test_y, d.noise_scale)
 
     def after_training(self, ctx: TrainContext) -> dict[str, float]:
-        mem = memory(load_buffer(ctx.state.get(KEY), self.memory_size))
-        return {"replay_memory": float(0 if mem is None else len(mem[1]))}
+        return {"replay_memory": float(self.replayed)}

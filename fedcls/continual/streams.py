@@ -23,7 +23,7 @@ from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datas
 from avalanche.benchmarks.utils.classification_dataset import \
     _make_taskaware_tensor_classification_dataset as tensor_dataset
 
-from fedcls.data.domains import apply_domain
+from fedcls.data.domains import normalized_view
 from fedcls.data.federated import FederatedData, SiteTensors
 from fedcls.data.sources import Dataset
 
@@ -46,11 +46,9 @@ def class_groups(cfg: dict, num_classes: int) -> list[list[int]]:
 
 def _view(ds: Dataset, x: torch.Tensor, cfg: dict, e: int, seed: list[int]) -> torch.Tensor:
     """Raw images of experience e, normalised (through domain e when domain_incremental)."""
-    if cfg["continual"]["kind"] != "domain_incremental":
-        return ds.normalize(x)
-    x01 = apply_domain(x.float() / ds.scale, cfg["continual"]["domains"][e],
-                       int(np.random.SeedSequence([cfg["seed"], e, *seed]).generate_state(1)[0]))
-    return ds.normalize(x01 * ds.scale)
+    c = cfg["continual"]
+    spec = c["domains"][e] if c["kind"] == "domain_incremental" else "identity"
+    return normalized_view(ds, x, spec, [cfg["seed"], e, *seed])
 
 
 def _members(cfg: dict, y: torch.Tensor, e: int, num_classes: int) -> torch.Tensor:

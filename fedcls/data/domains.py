@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
@@ -105,3 +106,12 @@ def apply_domain(x01: torch.Tensor, spec: str, seed: int) -> torch.Tensor:
         name, value = parse_domain(part)
         x = TRANSFORMS[name][0](x, value, gen)
     return x
+
+
+def normalized_view(ds, x: torch.Tensor, spec: str, seed_parts: list[int]) -> torch.Tensor:
+    """Stored images of dataset `ds` through domain `spec`, normalised with `ds`'s statistics
+    (random parts drawn from a seed derived from `seed_parts`)."""
+    if spec == "identity":
+        return ds.normalize(x)
+    seed = int(np.random.SeedSequence(list(seed_parts)).generate_state(1)[0])
+    return ds.normalize(apply_domain(x.float() / ds.scale, spec, seed) * ds.scale)

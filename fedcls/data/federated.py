@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedcls.data.domains import apply_domain
+from fedcls.data.domains import normalized_view
 from fedcls.data.partition import Partition, make_partition
 from fedcls.data.sources import Dataset, load_dataset
 
@@ -86,13 +86,7 @@ def build_federated_data(cfg: dict) -> FederatedData:
 def site_view(data: FederatedData, site_id: int, x: torch.Tensor, seed: list[int]) -> torch.Tensor:
     """Raw images of a site, through its device domain, normalised with the federation's
     statistics (a target dataset keeps its own look: that is the shift)."""
-    ds = data.dataset
-    domain = data.sites[site_id].domain
-    if domain == "identity":
-        return ds.normalize(x)
-    x01 = apply_domain(x.float() / ds.scale, domain,
-                       int(np.random.SeedSequence([*seed, site_id]).generate_state(1)[0]))
-    return ds.normalize(x01 * ds.scale)
+    return normalized_view(data.dataset, x, data.sites[site_id].domain, [*seed, site_id])
 
 
 def site_tensors(data: FederatedData, site_id: int, device: torch.device) -> SiteTensors:
