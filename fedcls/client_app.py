@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 import strategies
-from fedcls import continual, coral, site_state
+from fedcls import continual, coral, site_data, site_state
 from fedcls.continual.schedule import site_experience
 from fedcls.runtime import get_runtime
 from fedcls.training import TrainParams, evaluate, local_update
@@ -28,8 +28,17 @@ app = ClientApp()
 
 
 def site_id(context: Context) -> int:
-    """This node's site: the simulation's partition id."""
-    return int(context.node_config["partition-id"])
+    """This node's site: node config ``site-id``, else the site.json of its ``data-dir``, else
+    the simulation's ``partition-id``."""
+    node = context.node_config
+    if "site-id" in node:
+        return int(node["site-id"])
+    if "data-dir" in node:
+        return site_data.folder_site_id(str(node["data-dir"]))
+    if "partition-id" not in node:
+        raise ValueError("the SuperNode's node config names no site: start it with --node-config "
+                         "'data-dir=\"<site folder>\"' (or partition-id=<k> to share the scenario's dataset)")
+    return int(node["partition-id"])
 
 
 def round_seed(cfg: dict, server_round: int, site: int) -> int:
@@ -51,7 +60,9 @@ def _setup(msg: Message, context: Context):
     config = msg.content["config"]
     cfg = json.loads(str(config[CONFIG_KEY]))
     torch.set_num_threads(max(int(cfg["backend"]["num_cpus"]), 1))
-    return cfg, config, get_runtime(cfg)
+    folder = context.node_config.get("data-dir")
+    site = site_id(context) if folder else None
+    return cfg, config, get_runtime(cfg, site_folder=(str(folder), site) if folder else None)
 
 
 def _inbox(msg: Message) -> dict:

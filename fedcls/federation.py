@@ -26,6 +26,7 @@ from fedcls.extensions import extensions_for
 from fedcls.results import Recorder
 from fedcls.models import build_model
 from fedcls.runtime import federated_data
+from fedcls.site_data import FEDERATION_KEY, federation_info
 from fedcls.training import evaluate
 
 QUERY_TIMEOUT_S = 600.0
@@ -143,7 +144,7 @@ def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
     grid = SiteOrderedGrid(grid, site_of_node)
     arrays, evaluate_global = global_evaluator(cfg)
     recorder.start(federated_data(cfg))
-    payload = json.dumps(cfg)
+    payload = json.dumps({**cfg, FEDERATION_KEY: federation_info(federated_data(cfg).dataset)})
     for rnd in range(1, cfg["rounds"] + 1):
         started, started_at = time.perf_counter(), time.time()
         random.seed(f"{cfg['seed']}-{rnd}")  # Flower's node sampling draws from `random`

@@ -13,6 +13,7 @@ import torch
 
 from fedcls.data.federated import FederatedData, SiteTensors, build_federated_data, data_key, site_tensors
 from fedcls.models import Classifier, build_model
+from fedcls.site_data import FEDERATION_KEY, folder_federated_data
 
 _RUNTIMES: dict[str, "Runtime"] = {}
 
@@ -47,15 +48,26 @@ def pick_device(cfg: dict) -> torch.device:
     return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
 
 
-def get_runtime(cfg: dict, device: torch.device | None = None) -> Runtime:
-    """The cached runtime for this config's data and model."""
+def get_runtime(cfg: dict, device: torch.device | None = None,
+                site_folder: tuple[str, int] | None = None) -> Runtime:
+    """The cached runtime for this config's data and model; with `site_folder` (folder, site id),
+    a deployed site's own data folder (fedcls.site_data) instead of a share of the dataset."""
     device = device or pick_device(cfg)
-    key = json.dumps([data_key(cfg), cfg["model"], str(device)], sort_keys=True)
+    data_id = data_key(cfg) if site_folder is None else [site_folder, cfg["seed"], cfg["data"],
+                                                         cfg.get(FEDERATION_KEY)]
+    key = json.dumps([data_id, cfg["model"], str(device)], sort_keys=True)
     if key not in _RUNTIMES:
-        data = federated_data(cfg)
+        data = federated_data(cfg) if site_folder is None else _folder_data(cfg, *site_folder)
         model = build_model(cfg, data.dataset.shape, data.dataset.num_classes).to(device)
         _RUNTIMES[key] = Runtime(data, model, device)
     return _RUNTIMES[key]
+
+
+def _folder_data(cfg: dict, folder: str, site: int) -> FederatedData:
+    if FEDERATION_KEY not in cfg:
+        raise ValueError("this server sent no federation data description: run a fedcls ServerApp "
+                         "of the same version as the sites")
+    return folder_federated_data(folder, site, cfg[FEDERATION_KEY], cfg)
 
 
 _DATA: dict[str, FederatedData] = {}

@@ -52,39 +52,98 @@ def stop(procs: list[subprocess.Popen]) -> None:
             os.killpg(p.pid, signal.SIGKILL)
 
 
-def test_superlink_three_supernodes_and_flwr_run(tmp_path, cli):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLWR_HOME": str(tmp_path / "flwr"),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+def flwr_env(tmp_path: Path, link: int, certs: Path | None) -> dict:
+    """Flower's CLI config (FLWR_HOME) naming the rehearsal SuperLink; no runtime installs."""
+    home = tmp_path / "flwr"
+    home.mkdir()
+    security = f'root-certificates = "{certs / "ca.crt"}"' if certs else "insecure = true"
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "rehearsal"\n\n[superlink.rehearsal]\n'
+                                      f'address = "127.0.0.1:{link}"\n{security}\n')
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "FLWR_HOME": str(home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+
+
+def superlink_args(link: int, tmp_path: Path, certs: Path | None) -> list[str]:
+    args = [str(BIN / "flower-superlink"), "--port", str(link), "--database", str(tmp_path / "state.db")]
+    if certs is None:
+        return [*args, "--insecure"]
+    return [*args, "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.pem"),
+            "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth"]
+
+
+def supernode_args(link: int, site_dir: Path, certs: Path | None, key: str) -> list[str]:
+    args = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{link}", "--port", str(free_port()),
+            "--node-config", f'data-dir="{site_dir}"']
+    if certs is None:
+        return [*args, "--insecure"]
+    return [*args, "--root-certificates", str(certs / "ca.crt"), "--auth-supernode-private-key", str(certs / key)]
+
+
+def deploy(tmp_path: Path, overrides: str, certs: Path | None = None, intruder: bool = False) -> Path:
+    """Prepare 3 site folders, start a SuperLink and a SuperNode per site (with TLS and SuperNode
+    authentication when `certs`), run `flwr run`, tear down; returns the run folder."""
+    from fedcls.prepare_sites import main as prepare_sites
+
+    assert prepare_sites([f"out={tmp_path / 'sites'}", *overrides.split()]) == 0
     link = free_port()
-    (tmp_path / "flwr").mkdir()
-    (tmp_path / "flwr" / "config.toml").write_text(
-        f'[superlink]\ndefault = "rehearsal"\n\n[superlink.rehearsal]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
-    procs = [start([str(BIN / "flower-superlink"), "--insecure", "--port", str(link),
-                    "--database", str(tmp_path / "state.db")], tmp_path / "superlink.log", env)]
+    env = flwr_env(tmp_path, link, certs)
+    procs = [start(superlink_args(link, tmp_path, certs), tmp_path / "superlink.log", env)]
+    out = tmp_path / "deployed" / "run"
     try:
         wait_for_port(link)
         for site in range(3):
-            procs.append(start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
-                                "--port", str(free_port()), "--node-config", f"partition-id={site} num-partitions=3"],
+            if certs:  # the coordinator admits each site's public key
+                reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(certs / f"site-{site}.pub"),
+                                      "rehearsal"], env=env, capture_output=True, text=True, timeout=120)
+                assert reg.returncode == 0, reg.stdout + reg.stderr
+            procs.append(start(supernode_args(link, tmp_path / "sites" / f"site-{site}", certs, f"site-{site}"),
                                tmp_path / f"supernode{site}.log", env))
-        out = tmp_path / "deployed"
-        overrides = f"scenario=iid {OVERRIDES} output_dir={out} run_id=run"
+        if intruder:  # a fourth SuperNode whose key nobody registered: it must not join
+            procs.append(start(supernode_args(link, tmp_path / "sites" / "site-0", certs, "site-3"),
+                               tmp_path / "intruder.log", env))
+        run_config = f"{overrides} output_dir={out.parent} run_id=run"
         result = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "rehearsal", "--stream", "--run-config",
-                                 f"overrides='{overrides}'"], env=env, capture_output=True, text=True,
+                                 f"overrides='{run_config}'"], env=env, capture_output=True, text=True,
                                 timeout=600)
         deadline = time.time() + 120  # the ServerApp writes summary.json as the run ends
-        while not (out / "run" / "summary.json").exists() and time.time() < deadline:
+        while not (out / "summary.json").exists() and time.time() < deadline:
             time.sleep(1)
-        assert (out / "run" / "summary.json").exists(), result.stdout[-3000:] + result.stderr[-2000:]
+        assert (out / "summary.json").exists(), result.stdout[-3000:] + result.stderr[-2000:]
     finally:
         stop(procs)
-    summary = json.loads((out / "run" / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    return out
+
+
+def rows_of(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def check_run(run: Path) -> list[dict]:
+    summary, rows = json.loads((run / "summary.json").read_text()), rows_of(run)
     assert summary["status"] == "completed" and len(rows) == 2 and summary["final_accuracy"] > 0.5
     assert all(r["failures"] == [] and sorted(s for s, _ in r["trained"]) == [0, 1, 2] for r in rows)
-    assert (out / "run" / "plots" / "accuracy.png").exists()
-    # the same config simulated: the same sites, seeds and order, so the same numbers
-    sim = cli("scenario=iid", *OVERRIDES.split(), f"output_dir={tmp_path / 'sim'}", "run_id=run")
+    assert (run / "plots" / "accuracy.png").exists()
+    return rows
+
+
+def test_three_sites_with_their_own_data_folders_equal_the_simulation(tmp_path, cli):
+    overrides = f"scenario=iid {OVERRIDES}"
+    rows = check_run(deploy(tmp_path, overrides))
+    # the same config simulated: the same data, seeds and order, so the same numbers
+    sim = cli(*overrides.split(), f"output_dir={tmp_path / 'sim'}", "run_id=run")
     assert sim.returncode == 0, sim.stderr[-2000:]
-    sim_rows = [json.loads(line) for line in (tmp_path / "sim" / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["accuracy"] for r in rows] == pytest.approx([r["accuracy"] for r in sim_rows], abs=0.005)
+    sim_rows = rows_of(tmp_path / "sim" / "run")
+    for key in ("accuracy", "loss"):
+        assert [r[key] for r in rows] == pytest.approx([r[key] for r in sim_rows], rel=1e-6), key
+    assert [r["train"]["train_loss"] for r in rows] == pytest.approx([r["train"]["train_loss"] for r in sim_rows], rel=1e-9)
+
+
+def test_tls_and_supernode_authentication(tmp_path):
+    from fedcls.certs import main as make_certs
+
+    certs = tmp_path / "certs"
+    assert make_certs([f"out={certs}", "sites=4"]) == 0
+    run = deploy(tmp_path, f"scenario=dirichlet_0.5 {OVERRIDES}", certs, intruder=True)
+    check_run(run)  # exactly sites 0, 1, 2 trained: the unregistered fourth node never joined
+    assert "Failed to activate SuperNode" in (tmp_path / "intruder.log").read_text()
+    assert "Uvicorn running on https://" in (tmp_path / "superlink.log").read_text()

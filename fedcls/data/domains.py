@@ -108,10 +108,15 @@ def apply_domain(x01: torch.Tensor, spec: str, seed: int) -> torch.Tensor:
     return x
 
 
-def normalized_view(ds, x: torch.Tensor, spec: str, seed_parts: list[int]) -> torch.Tensor:
-    """Stored images of dataset `ds` through domain `spec`, normalised with `ds`'s statistics
-    (random parts drawn from a seed derived from `seed_parts`)."""
+def domain_view(ds, x: torch.Tensor, spec: str, seed_parts: list[int]) -> torch.Tensor:
+    """Stored images of dataset `ds` through domain `spec`, in stored units (random parts drawn
+    from a seed derived from `seed_parts`)."""
     if spec == "identity":
-        return ds.normalize(x)
+        return x
     seed = int(np.random.SeedSequence(list(seed_parts)).generate_state(1)[0])
-    return ds.normalize(apply_domain(x.float() / ds.scale, spec, seed) * ds.scale)
+    return apply_domain(x.float() / ds.scale, spec, seed) * ds.scale
+
+
+def normalized_view(ds, x: torch.Tensor, spec: str, seed_parts: list[int]) -> torch.Tensor:
+    """Stored images of dataset `ds` through domain `spec`, normalised with `ds`'s statistics."""
+    return ds.normalize(domain_view(ds, x, spec, seed_parts))

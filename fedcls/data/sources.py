@@ -32,6 +32,11 @@ class Dataset:
     mean: torch.Tensor  # per channel, of the scaled train images
     std: torch.Tensor
     scale: float = 255.0
+    classes: list[str] | None = None  # class names; None: "0", "1", ...
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes) if self.classes else [str(c) for c in range(self.num_classes)]
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -72,11 +77,13 @@ def _split(name: str, x: torch.Tensor, y: np.ndarray, num_classes: int, cfg: dic
                     num_classes, scale)
 
 
-def _dataset(name, train_x, train_y, test_x, test_y, num_classes, scale=255.0) -> Dataset:
-    scaled = train_x.float() / scale
-    mean = scaled.mean(dim=(0, 2, 3))
-    std = scaled.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    return Dataset(name, train_x, train_y, test_x, test_y, num_classes, mean, std, scale)
+def _dataset(name, train_x, train_y, test_x, test_y, num_classes, scale=255.0, classes=None) -> Dataset:
+    # in float64: a float32 sum depends on the thread count, and every process (Ray actor,
+    # SuperNode, server) must get the same statistics to the last bit
+    scaled = train_x.double() / scale
+    mean = scaled.mean(dim=(0, 2, 3)).float()
+    std = scaled.std(dim=(0, 2, 3)).clamp_min(1e-6).float()
+    return Dataset(name, train_x, train_y, test_x, test_y, num_classes, mean, std, scale, classes)
 
 
 def _cached_arrays(cfg: dict, name: str, load: Callable[[], tuple[np.ndarray, np.ndarray]]):
@@ -174,7 +181,8 @@ def load_torchvision(name: str) -> Callable[[dict], Dataset]:
         tx, vx = _as_nchw(train.data), _as_nchw(test.data)
         if tx.dtype != torch.uint8:  # USPS ships floats in [0, 255]
             tx, vx = tx.round().clamp(0, 255).to(torch.uint8), vx.round().clamp(0, 255).to(torch.uint8)
-        return _dataset(name, tx, _labels(train), vx, _labels(test), TORCHVISION[name][1])
+        return _dataset(name, tx, _labels(train), vx, _labels(test), TORCHVISION[name][1],
+                        classes=getattr(train, "classes", None))
 
     return load
 
