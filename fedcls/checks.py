@@ -20,7 +20,9 @@ def check_names(cfg: dict) -> None:
             ("model", cfg["model"]["name"], list(MODELS), "model"),
             ("normalisation", cfg["model"]["norm"], list(NORMS), "model.norm"),
             ("partition kind", cfg["partition"]["kind"], list(KINDS), "partition.kind"),
-            ("device", cfg["device"], ["auto", "cpu", "cuda"], "device")):
+            ("device", cfg["device"], ["auto", "cpu", "cuda"], "device"),
+            ("executor", cfg["backend"]["executor"], ["clientapp", "cohort"], "backend.executor"),
+            ("precision", cfg["backend"]["precision"], ["fp32", "bf16"], "backend.precision")):
         if value not in valid:
             raise unknown_name(kind, value, valid, key=key)
 
@@ -49,6 +51,8 @@ def check_ranges(cfg: dict) -> None:
         _require(syn[key] >= 1, f"data.synthetic.{key} must be >= 1, got {syn[key]}")
     _require(backend["num_cpus"] > 0, f"backend.num_cpus must be > 0, got {backend['num_cpus']}")
     _require(backend["num_gpus"] >= 0, f"backend.num_gpus must be >= 0, got {backend['num_gpus']}")
+    _require(backend["cohort_size"] >= 0, f"backend.cohort_size must be >= 0 (0: all), got {backend['cohort_size']}")
+    _require(backend["cohort_actors"] >= 1, f"backend.cohort_actors must be >= 1, got {backend['cohort_actors']}")
     _require(not (cfg["device"] == "cuda" and backend["num_gpus"] == 0),
              "device=cuda needs GPUs for the clients: set backend.num_gpus (e.g. 0.25)")
 

@@ -8,6 +8,7 @@ site needs no copy of the server's config; data and model come from the per-acto
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -60,9 +61,15 @@ def _setup(msg: Message, context: Context):
     config = msg.content["config"]
     cfg = json.loads(str(config[CONFIG_KEY]))
     torch.set_num_threads(max(int(cfg["backend"]["num_cpus"]), 1))
+    # TF32 policy: exact float32 unless backend.tf32 (PyTorch allows TF32 convolutions by default)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg["backend"]["tf32"])
+    return cfg, config, get_runtime(cfg, site_folder=_folder(context))
+
+
+def _folder(context: Context) -> tuple[str, int] | None:
+    """(data-dir, site) of a deployed site that names its own data folder, else None."""
     folder = context.node_config.get("data-dir")
-    site = site_id(context) if folder else None
-    return cfg, config, get_runtime(cfg, site_folder=(str(folder), site) if folder else None)
+    return (str(folder), site_id(context)) if folder else None
 
 
 def _inbox(msg: Message) -> dict:
@@ -103,17 +110,33 @@ def _load_weights(model, arrays: ArrayRecord, hooks: list) -> set[str]:
     return local_keys
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+@dataclass
+class TrainJob:
+    """One client's training in a round, prepared from its message: what the loop needs, and
+    what its reply needs. The ClientApp runs one; the cohort executor (fedcls.cohort) many."""
+
+    msg: Message
+    context: Context
+    site: int
+    model: torch.nn.Module  # the runtime's model, holding the global weights
+    data: object  # SiteTensors of this round (a continual site: its experience)
+    params: TrainParams
+    hooks: list
+    state: dict
+    local_keys: set[str]
+    participations: int
+
+
+def prepare_train(msg: Message, context: Context) -> TrainJob:
+    """Load the global weights into the runtime's model and build the client's hooks and state."""
     cfg, config, runtime = _setup(msg, context)
     site = site_id(context)
     seed = round_seed(cfg, int(config["server-round"]), site)
-    torch.manual_seed(seed)
     params = TrainParams(cfg["local_epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"],
                          cfg["weight_decay"], seed)
-    inbox, model = _inbox(msg), runtime.model
+    inbox = _inbox(msg)
     hooks = _hooks(cfg, msg, inbox)
-    local_keys = _load_weights(model, msg.content["arrays"], hooks)
+    local_keys = _load_weights(runtime.model, msg.content["arrays"], hooks)
     site_state.restore(context, site)  # a restarted SuperNode: the state from the site's disk
     state = _load_state(context)
     rounds = int(state.pop("fedcls", {}).get("participations", torch.tensor(0))) + 1
@@ -122,15 +145,26 @@ def train(msg: Message, context: Context) -> Message:
         from fedcls.continual.client import continual_hooks  # imports Avalanche: only when used
 
         hooks = continual_hooks(cfg, stream, exp, state, inbox) + hooks
-    result = local_update(model, data, params, hooks, state)
-    _save_state(context, {**result.state, "fedcls": {"participations": torch.tensor(rounds)}})
-    site_state.persist(context, site)
-    metrics = {**result.metrics, "participations": float(rounds), "site": float(site),
+    return TrainJob(msg, context, site, runtime.model, data, params, hooks, state, local_keys, rounds)
+
+
+def train_reply(job: TrainJob, result, weights: dict) -> Message:
+    """Save the client's new state and answer with its weights, metrics and named tensors."""
+    _save_state(job.context, {**result.state, "fedcls": {"participations": torch.tensor(job.participations)}})
+    site_state.persist(job.context, job.site)
+    metrics = {**result.metrics, "participations": float(job.participations), "site": float(job.site),
                "num-examples": result.examples}
-    weights = {k: v for k, v in model.state_dict().items() if k not in local_keys}
+    weights = {k: v for k, v in weights.items() if k not in job.local_keys}
     content = RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics),
                           **{name: ArrayRecord(t) for name, t in result.outbox.items()}})
-    return Message(content=content, reply_to=msg)
+    return Message(content=content, reply_to=job.msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    job = prepare_train(msg, context)
+    result = local_update(job.model, job.data, job.params, job.hooks, job.state)
+    return train_reply(job, result, job.model.state_dict())
 
 
 @app.evaluate()

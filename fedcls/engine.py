@@ -44,7 +44,12 @@ def backend_config(cfg: dict) -> dict:
 
 
 def simulate(cfg: dict, recorder: Recorder) -> None:
-    """Run the configured federation as a Flower simulation on Ray."""
+    """Run the configured federation as a Flower simulation on Ray (or, with
+    backend.executor=cohort, with clients trained in cohorts on Ray actors)."""
+    if cfg["backend"]["executor"] == "cohort":
+        from fedcls.cohort.grid import run_cohorts
+
+        return run_cohorts(cfg, recorder)
     quiet_logs(cfg["verbose"])
     from flwr.simulation import run_simulation
 

@@ -155,7 +155,9 @@ def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
         grid.active_sites = None  # every site may evaluate
         for ext in extensions:
             messages = ext.outgoing(messages)
+        train_started = time.perf_counter()
         replies = list(grid.send_and_receive(messages))
+        train_seconds = time.perf_counter() - train_started
         for ext in extensions:
             replies = ext.incoming(replies)
         new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
@@ -173,7 +175,8 @@ def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
             "clients": dict(client_metrics or {}),
             "sampled": len(replies), "trained": _trained_sites(replies),
             "failures": _failures(replies) + _failures(eval_replies),
-            "seconds": time.perf_counter() - started, "started_at": started_at, **extra,
+            "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
+            "started_at": started_at, **extra,
         })
     return arrays
 

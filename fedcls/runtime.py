@@ -55,7 +55,7 @@ def get_runtime(cfg: dict, device: torch.device | None = None,
     device = device or pick_device(cfg)
     data_id = data_key(cfg) if site_folder is None else [site_folder, cfg["seed"], cfg["data"],
                                                          cfg.get(FEDERATION_KEY)]
-    key = json.dumps([data_id, cfg["model"], str(device)], sort_keys=True)
+    key = json.dumps([data_id, cfg["model"], str(device), str(torch.get_default_dtype())], sort_keys=True)
     if key not in _RUNTIMES:
         data = federated_data(cfg) if site_folder is None else _folder_data(cfg, *site_folder)
         model = build_model(cfg, data.dataset.shape, data.dataset.num_classes).to(device)

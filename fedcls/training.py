@@ -18,7 +18,8 @@ term, MOON's previous model); ``ctx.outbox`` holds named tensors for the server 
 weights (SCAFFOLD's delta c_i). The server's named tensors reach hooks when they are built.
 
 Written by hand: the loop is ours (not Avalanche's template) so the same function serves
-every strategy and a later cohort executor; batches are tensor slices, not a DataLoader, since
+every strategy and the cohort executor (fedcls.cohort, which replays this loop's math for many
+clients at once); batches are tensor slices, not a DataLoader, since
 per-sample indexing and collation dominate a small CNN's step on CPU.
 """
 
@@ -95,6 +96,13 @@ class Hook:
 
     def after_training(self, ctx: TrainContext) -> dict[str, float]:
         return {}
+
+    def cohort_terms(self) -> dict | None:
+        """This hook's per-step math for the cohort executor (fedcls.cohort), read after
+        before_training: ``{"prox_mu": mu}`` (a proximal term) and/or ``{"step_correction":
+        {name: tensor}}`` (subtracted, times lr, from the weights after each step). None: the
+        hook cannot run in a cohort, and its client trains alone."""
+        return None
 
 
 def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:

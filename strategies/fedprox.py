@@ -32,6 +32,9 @@ class ProximalTerm(Hook):
         squared = sum(((w - g) ** 2).sum() for w, g in zip(ctx.model.parameters(), ctx.global_params))
         return 0.5 * self.mu * squared
 
+    def cohort_terms(self) -> dict:
+        return {"prox_mu": self.mu}
+
 
 def client_hooks(config: ConfigRecord, inbox: dict) -> list[Hook]:
     return [ProximalTerm(float(config["proximal-mu"]))]

@@ -89,6 +89,9 @@ class ControlVariates(Hook):
         for param, correction in self.correction:
             param.sub_(ctx.params.lr * correction)
 
+    def cohort_terms(self) -> dict:
+        return {"step_correction": {n: corr for (n, _), (_, corr) in zip(self.named, self.correction)}}
+
     def after_training(self, ctx: TrainContext) -> dict[str, float]:
         scale = 1.0 / (max(ctx.step, 1) * ctx.params.lr)
         new_ci, delta = {}, {}

@@ -97,3 +97,18 @@ def test_hundred_clients_partial_participation_keeps_client_state(cli, tmp_path)
             seen[site] = seen.get(site, 0) + 1
             assert times == seen[site]  # the client's state counted every round it trained, only those
     assert max(seen.values()) >= 2  # some site was sampled again after sitting rounds out
+
+
+def test_cohort_executor_on_ray_actors_keeps_client_state(cli, tmp_path):
+    """backend.executor=cohort: 2 Ray actors train cohorts of SCAFFOLD clients (whose c_i live in
+    the actor serving the site) with partial participation; the run learns like the ClientApp path."""
+    _, _, rows = run(cli, tmp_path, "strategy=scaffold", "num_clients=20", "fraction_train=0.3",
+                     "fraction_evaluate=0", "rounds=4", "local_epochs=1", "model=mlp", "save_model=false",
+                     "backend.executor=cohort", "backend.cohort_actors=2", "backend.cohort_size=4")
+    seen: dict[int, int] = {}
+    for r in rows:
+        assert r["failures"] == [] and len(r["trained"]) == 6
+        for site, times in r["trained"]:
+            seen[site] = seen.get(site, 0) + 1
+            assert times == seen[site]
+    assert rows[-1]["accuracy"] > 0.5 and max(seen.values()) >= 2  # chance: 0.1

@@ -45,7 +45,7 @@ class Dataset:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Stored images -> float model inputs (scaled, standardised per channel)."""
-        x = x.float() / self.scale
+        x = x.to(torch.get_default_dtype()) / self.scale  # float32 unless a test asks for float64
         return (x - self.mean.view(1, -1, 1, 1).to(x.device)) / self.std.view(1, -1, 1, 1).to(x.device)
 
 

@@ -1,0 +1,190 @@
+"""Many clients' local training at once: the math of ``fedcls.training.local_update`` for K
+clients, with their weights stacked and the gradient vmapped (``torch.func``).
+
+Each client keeps its own batches (the same seeded order and feature noise as the one loop),
+epochs, SGD momentum buffer and weight decay, FedProx's proximal weight and SCAFFOLD's step
+correction; a client with less data finishes at its own step (its later steps are masked).
+Hooks run their ``before_training``/``after_training`` on a shadow copy of the model, so state
+and named tensors (SCAFFOLD's c_i and delta) come from the strategy's own code.
+
+Written by hand: torch.func gives vmap and functional_call; no library trains FL clients as a
+vmapped cohort (the issue's prototype measured 4-10x faster rounds on a GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from fedcls.training import Hook, LocalResult, TrainContext, TrainParams, batches
+
+RANDOM_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+@dataclass
+class CohortClient:
+    data: object  # SiteTensors
+    params: TrainParams
+    hooks: list
+    state: dict
+
+
+def cohort_blocker(model: nn.Module, hooks: list) -> str | None:
+    """Why this client cannot train in a cohort (None: it can)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return "BatchNorm keeps running statistics"
+        if isinstance(module, RANDOM_MODULES) and module.p > 0:
+            return "dropout draws per-client randomness"
+    for hook in hooks:
+        if type(hook).cohort_terms is Hook.cohort_terms:
+            return f"{type(hook).__name__} has no cohort form"
+    return None
+
+
+def _schedule(data, params: TrainParams, shape: tuple) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The client's (batch indices, feature noise) per step, drawn exactly as local_update draws them."""
+    gen = torch.Generator().manual_seed(params.seed)
+    noisy = bool((data.noise_scale > 0).any())
+    steps = []
+    for _ in range(params.epochs):
+        for idx in batches(len(data.train_y), params.batch_size, gen):
+            steps.append((idx, torch.randn((len(idx), *shape), generator=gen) if noisy else None))
+    return steps
+
+
+class _Shadow:
+    """A TrainContext per client on one shared shadow model, for the hooks' own before/after code."""
+
+    def __init__(self, model: nn.Module, clients: list[CohortClient], global_params: list[torch.Tensor]):
+        self.model = model
+        self.contexts = [TrainContext(model, None, global_params, c.state, c.params, c.data) for c in clients]
+
+
+def _precision(device: torch.device, precision: str):
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cohort_update(model: nn.Module, clients: list[CohortClient], precision: str = "fp32",
+                  channels_last: bool = False) -> list[tuple[dict[str, torch.Tensor], LocalResult]]:
+    """Train every client from the weights `model` holds; returns each client's (weights, result)."""
+    device = next(model.parameters()).device
+    k, p0 = len(clients), clients[0].params
+    names = [n for n, _ in model.named_parameters()]
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {n: b for n, b in model.named_buffers()}
+    shadow = _Shadow(model, clients, [start[n] for n in names])
+    for client, ctx in zip(clients, shadow.contexts):
+        for hook in client.hooks:
+            hook.before_training(ctx)
+    terms = [[h.cohort_terms() for h in c.hooks] for c in clients]
+    mu = torch.tensor([sum(t.get("prox_mu", 0.0) for t in ts) for ts in terms], device=device)
+    corrections = [_merged_corrections(ts, names, start) for ts in terms]
+    correction = ({n: torch.stack([c[n] for c in corrections]) for n in names}
+                  if any(c is not None for c in corrections) else None)
+
+    shape = tuple(clients[0].data.train_x.shape[1:])
+    schedules = [_schedule(c.data, c.params, shape) for c in clients]
+    steps = [len(s) for s in schedules]
+    weights = {n: start[n].unsqueeze(0).repeat(k, *[1] * start[n].dim()) for n in names}
+    momentum_buf = {n: torch.zeros_like(w) for n, w in weights.items()} if p0.momentum else None
+    use_prox = bool((mu > 0).any())
+
+    def loss_of(w, x, y, mask, mu_i):
+        logits = functional_call(model, (w, buffers), (x,))
+        ce = nn.functional.cross_entropy(logits, y, reduction="none")  # autocast runs it in fp32
+        loss = (ce * mask).sum() / mask.sum().clamp_min(1)
+        total = loss
+        if use_prox:
+            total = total + 0.5 * mu_i * sum(((w[n] - start[n]) ** 2).sum() for n in names)
+        return total, loss
+
+    step_grad = vmap(grad_and_value(loss_of, has_aux=True))
+    loss_sum = torch.zeros(k, device=device)
+    seen = torch.zeros(k, device=device)
+    batch = p0.batch_size
+    model.train()
+    for t in range(max(steps)):
+        x, y, mask = _gather(clients, schedules, t, batch, shape, device)
+        if channels_last and x.dim() == 5 and device.type == "cuda":
+            x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)
+        with _precision(device, precision):
+            grads, (_, loss) = step_grad(weights, x, y, mask, mu)
+        active = mask.sum(1) > 0
+        _sgd_step(weights, grads, momentum_buf, active, p0, correction)
+        count = mask.sum(1)
+        loss_sum += torch.where(active, loss.detach().float() * count, torch.zeros_like(count))
+        seen += count
+    return _results(model, clients, shadow, weights, names, steps, loss_sum, seen)
+
+
+def _merged_corrections(terms: list[dict], names: list[str], like: dict) -> dict | None:
+    found = [t["step_correction"] for t in terms if t.get("step_correction") is not None]
+    if not found:
+        return None
+    return {n: sum(f[n].to(like[n].device) for f in found) for n in names}
+
+
+def _gather(clients, schedules, t: int, batch: int, shape: tuple, device):
+    """Step t's inputs (K, B, ...), targets (K, B) and mask (K, B): each client's batch, padded."""
+    xs, ys, masks = [], [], []
+    for client, schedule in zip(clients, schedules):
+        data = client.data
+        if t < len(schedule):
+            idx, noise = schedule[t]
+            idx = idx.to(data.train_x.device)
+            x = data.train_x[idx]
+            if noise is not None:  # as training.with_noise
+                x = x + data.noise_scale.view(1, -1, 1, 1) * noise.to(x.device)
+            y, m = data.train_y[idx], torch.ones(len(idx), device=device)
+        else:
+            x = data.train_x.new_zeros((0, *shape))
+            y, m = data.train_y.new_zeros(0), torch.zeros(0, device=device)
+        pad = batch - len(y)
+        xs.append(torch.cat([x, x.new_zeros((pad, *shape))]) if pad else x)
+        ys.append(torch.cat([y, y.new_zeros(pad)]) if pad else y)
+        masks.append(torch.cat([m, m.new_zeros(pad)]) if pad else m)
+    return torch.stack(xs), torch.stack(ys), torch.stack(masks)
+
+
+@torch.no_grad()
+def _sgd_step(weights, grads, momentum_buf, active, p: TrainParams, correction) -> None:
+    """torch.optim.SGD's step (weight decay, momentum without dampening) per client; inactive
+    clients (their data exhausted) keep weights and buffers; then SCAFFOLD's correction."""
+    for n, w in weights.items():
+        keep = active.view(-1, *[1] * (w.dim() - 1))
+        g = grads[n]
+        if p.weight_decay:
+            g = g.add(w, alpha=p.weight_decay)
+        if momentum_buf is not None:
+            buf = momentum_buf[n].mul(p.momentum).add_(g)
+            momentum_buf[n] = torch.where(keep, buf, momentum_buf[n])
+            g = buf
+        new = w.add(g, alpha=-p.lr)
+        if correction is not None:
+            new = new.sub_(p.lr * correction[n])
+        weights[n] = torch.where(keep, new, w)
+
+
+@torch.no_grad()
+def _results(model, clients, shadow, weights, names, steps, loss_sum, seen):
+    out = []
+    params = dict(model.named_parameters())
+    for i, (client, ctx) in enumerate(zip(clients, shadow.contexts)):
+        for n in names:
+            params[n].copy_(weights[n][i])
+        ctx.step = steps[i]
+        metrics = {"train_loss": float(loss_sum[i]) / max(float(seen[i]), 1.0), "num-steps": float(steps[i])}
+        with torch.enable_grad():
+            for hook in client.hooks:
+                metrics.update(hook.after_training(ctx))
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        out.append((state, LocalResult(metrics, ctx.state, ctx.outbox, len(client.data.train_y))))
+    return out
+

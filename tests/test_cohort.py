@@ -1,0 +1,134 @@
+"""The cohort executor trains many clients at once with the one loop's math: the same weights,
+state and metrics as training each client alone (float32, unequal client sizes)."""
+
+import copy
+
+import pytest
+import torch
+
+from fedcls.cohort.train import CohortClient, cohort_blocker, cohort_update
+from fedcls.data.federated import SiteTensors
+from fedcls.training import TrainParams, local_update
+from strategies.fedprox import ProximalTerm
+from strategies.scaffold import ControlVariates
+
+SIZES = (37, 64, 13)  # unequal: the clients finish at different steps
+
+
+def site(n: int, seed: int, noise: float = 0.0) -> SiteTensors:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, 1, 6, 6), generator=gen)
+    y = torch.randint(0, 4, (n,), generator=gen)
+    return SiteTensors(x, y, x[:2], y[:2], torch.tensor([noise]))
+
+
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+
+
+def hooks_for(kind: str, i: int, c: dict) -> list:
+    if kind == "fedprox":
+        return [ProximalTerm(0.1)]
+    if kind == "scaffold":
+        return [ControlVariates(c)]
+    return []
+
+
+def states(kind: str, net) -> list[dict]:
+    if kind != "scaffold":
+        return [{} for _ in SIZES]
+    gen = torch.Generator().manual_seed(3)  # earlier rounds' c_i (client 2: none yet)
+    return [{"scaffold": {n: 0.1 * torch.randn(p.shape, generator=gen) for n, p in net.named_parameters()}},
+            {"scaffold": {n: 0.1 * torch.randn(p.shape, generator=gen) for n, p in net.named_parameters()}}, {}]
+
+
+@pytest.mark.parametrize("kind", ["fedavg", "fedprox", "scaffold"])
+@pytest.mark.parametrize("momentum,weight_decay,noise", [(0.9, 1e-3, 0.0), (0.0, 0.0, 0.5)])
+def test_a_cohort_gives_each_client_its_own_training(kind, momentum, weight_decay, noise):
+    net = model()
+    gen = torch.Generator().manual_seed(5)
+    c = {n: 0.05 * torch.randn(p.shape, generator=gen) for n, p in net.named_parameters()}
+    datas = [site(n, i, noise) for i, n in enumerate(SIZES)]
+    params = [TrainParams(2, 16, 0.05, momentum, weight_decay, seed=100 + i) for i in range(len(SIZES))]
+    alone = []
+    for i, (data, p, state) in enumerate(zip(datas, params, states(kind, net))):
+        m = copy.deepcopy(net)
+        result = local_update(m, data, p, hooks_for(kind, i, c), copy.deepcopy(state))
+        alone.append((m.state_dict(), result))
+    clients = [CohortClient(d, p, hooks_for(kind, i, c), copy.deepcopy(s))
+               for i, (d, p, s) in enumerate(zip(datas, params, states(kind, net)))]
+    together = cohort_update(copy.deepcopy(net), clients)
+    for (w_alone, r_alone), (w_cohort, r_cohort) in zip(alone, together):
+        for key in w_alone:
+            torch.testing.assert_close(w_cohort[key], w_alone[key], atol=1e-5, rtol=1e-5)
+        assert r_cohort.metrics["num-steps"] == r_alone.metrics["num-steps"]
+        assert r_cohort.metrics["train_loss"] == pytest.approx(r_alone.metrics["train_loss"], rel=1e-5)
+        assert r_cohort.examples == r_alone.examples
+        for name in r_alone.outbox:  # SCAFFOLD's delta c_i, and its new c_i in the state
+            for key in r_alone.outbox[name]:
+                torch.testing.assert_close(r_cohort.outbox[name][key], r_alone.outbox[name][key], atol=1e-4, rtol=1e-4)
+        for key, value in r_alone.state.get("scaffold", {}).items():
+            torch.testing.assert_close(r_cohort.state["scaffold"][key], value, atol=1e-4, rtol=1e-4)
+    steps = [r.metrics["num-steps"] for _, r in together]
+    assert steps == [6, 8, 2]  # 2 epochs of ceil(n / 16) batches each
+
+
+def test_models_and_hooks_a_cohort_cannot_run_are_named():
+    from fedcls.training import Hook
+
+    bn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    assert "BatchNorm" in cohort_blocker(bn, [])
+    assert "dropout" in cohort_blocker(torch.nn.Sequential(torch.nn.Dropout(0.5)), [])
+    assert "Hook has no cohort form" in cohort_blocker(model(), [Hook()])
+    assert cohort_blocker(model(), [ProximalTerm(0.1), ControlVariates({})]) is None
+
+
+def federate(cfg, workers, tmp_path):
+    from fedcls.cohort.grid import CohortGrid
+    from fedcls.federation import run_federation
+    from fedcls.results import Recorder
+
+    recorder = Recorder(tmp_path / f"run{len(list(tmp_path.iterdir()))}", cfg, echo=lambda line: None)
+    arrays = run_federation(CohortGrid(cfg["num_clients"], workers, echo=lambda line: None), cfg, recorder)
+    return arrays.to_torch_state_dict(), recorder.rows
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "scaffold", "fednova"])
+def test_two_rounds_in_cohorts_equal_the_per_client_path(strategy, monkeypatch, tmp_path):
+    from fedcls.cohort.worker import CohortWorker
+    from fedcls.config import compose
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+    torch.set_default_dtype(torch.float64)  # float32 would differ by rounding (batched vs single matmuls)
+    cfg = compose([f"strategy={strategy}", "scenario=dirichlet_0.5", "dataset=synthetic", "data.synthetic.num_samples=800",
+                   "num_clients=5", "rounds=2", "model=mlp", "local_epochs=2", "batch_size=16",
+                   "momentum=0.9", "weight_decay=0.0005", "fraction_evaluate=0", "backend.cohort_size=2"])
+    try:
+        reference, ref_rows = federate(cfg, [CohortWorker(per_client=True)], tmp_path)
+        cohort, rows = federate(cfg, [CohortWorker(), CohortWorker()], tmp_path)  # sites split over 2 workers
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert reference["features.1.weight"].dtype == torch.float64
+    for key in reference:
+        torch.testing.assert_close(cohort[key], reference[key], atol=1e-10, rtol=1e-10)
+    assert [r["accuracy"] for r in rows] == pytest.approx([r["accuracy"] for r in ref_rows], abs=2e-3)
+    assert rows[-1]["trained"] == ref_rows[-1]["trained"] and len(rows[-1]["trained"]) == 5
+
+
+def test_clients_a_cohort_cannot_hold_train_alone_with_one_notice(monkeypatch, tmp_path):
+    from fedcls.cohort.grid import CohortGrid
+    from fedcls.cohort.worker import CohortWorker
+    from fedcls.config import compose
+    from fedcls.federation import run_federation
+    from fedcls.results import Recorder
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+    cfg = compose(["dataset=synthetic", "data.synthetic.num_samples=300", "num_clients=3", "rounds=2",
+                   "model=simple_cnn_bn", "fraction_evaluate=0"])
+    lines = []
+    grid = CohortGrid(3, [CohortWorker()], echo=lines.append)
+    run_federation(grid, cfg, Recorder(tmp_path / "run", cfg, echo=lambda line: None))
+    assert len(lines) == 1 and "trains alone: BatchNorm keeps running statistics" in lines[0]
