@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 import strategies
-from fedcls import continual, coral, site_data, site_state
+from fedcls import checkpoint, continual, coral, faults, site_data, site_state
 from fedcls.continual.schedule import site_experience
 from fedcls.runtime import get_runtime
 from fedcls.training import TrainParams, evaluate, local_update
@@ -117,6 +117,8 @@ class TrainJob:
 
     msg: Message
     context: Context
+    cfg: dict
+    round: int
     site: int
     model: torch.nn.Module  # the runtime's model, holding the global weights
     data: object  # SiteTensors of this round (a continual site: its experience)
@@ -125,6 +127,7 @@ class TrainJob:
     state: dict
     local_keys: set[str]
     participations: int
+    fault: str | None = None  # an injected fault (fedcls.faults)
 
 
 def prepare_train(msg: Message, context: Context) -> TrainJob:
@@ -137,7 +140,9 @@ def prepare_train(msg: Message, context: Context) -> TrainJob:
     inbox = _inbox(msg)
     hooks = _hooks(cfg, msg, inbox)
     local_keys = _load_weights(runtime.model, msg.content["arrays"], hooks)
+    fault = faults.client_side(cfg, int(config["server-round"]), site)  # injected: may raise or sleep
     site_state.restore(context, site)  # a restarted SuperNode: the state from the site's disk
+    _restore_checkpointed(cfg, context, site)  # a resumed simulation: the state of its checkpoint
     state = _load_state(context)
     rounds = int(state.pop("fedcls", {}).get("participations", torch.tensor(0))) + 1
     data, stream, exp = _site_data(cfg, runtime, site, int(config["server-round"]))
@@ -145,16 +150,27 @@ def prepare_train(msg: Message, context: Context) -> TrainJob:
         from fedcls.continual.client import continual_hooks  # imports Avalanche: only when used
 
         hooks = continual_hooks(cfg, stream, exp, state, inbox) + hooks
-    return TrainJob(msg, context, site, runtime.model, data, params, hooks, state, local_keys, rounds)
+    return TrainJob(msg, context, cfg, int(config["server-round"]), site, runtime.model, data, params, hooks, state, local_keys, rounds, fault)
+
+
+def _restore_checkpointed(cfg: dict, context: Context, site: int) -> None:
+    spec = cfg.get(checkpoint.PAYLOAD_KEY)
+    if spec and not any(k.startswith(STATE_PREFIX) for k in context.state.array_records):
+        _save_state(context, checkpoint.read_client_state(spec, site) or {})
 
 
 def train_reply(job: TrainJob, result, weights: dict) -> Message:
     """Save the client's new state and answer with its weights, metrics and named tensors."""
-    _save_state(job.context, {**result.state, "fedcls": {"participations": torch.tensor(job.participations)}})
+    state = {**result.state, "fedcls": {"participations": torch.tensor(job.participations)}}
+    _save_state(job.context, state)
     site_state.persist(job.context, job.site)
+    if spec := job.cfg.get(checkpoint.PAYLOAD_KEY):
+        checkpoint.write_client_state(spec, job.site, job.round, _load_state(job.context))
     metrics = {**result.metrics, "participations": float(job.participations), "site": float(job.site),
                "num-examples": result.examples}
     weights = {k: v for k, v in weights.items() if k not in job.local_keys}
+    if job.fault == "nan":
+        weights = faults.poisoned(weights)
     content = RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics),
                           **{name: ArrayRecord(t) for name, t in result.outbox.items()}})
     return Message(content=content, reply_to=job.msg)

@@ -43,20 +43,20 @@ def backend_config(cfg: dict) -> dict:
             "init_args": init_args}
 
 
-def simulate(cfg: dict, recorder: Recorder) -> None:
+def simulate(cfg: dict, recorder: Recorder, resume: dict | None = None) -> None:
     """Run the configured federation as a Flower simulation on Ray (or, with
     backend.executor=cohort, with clients trained in cohorts on Ray actors)."""
     if cfg["backend"]["executor"] == "cohort":
         from fedcls.cohort.grid import run_cohorts
 
-        return run_cohorts(cfg, recorder)
+        return run_cohorts(cfg, recorder, resume)
     quiet_logs(cfg["verbose"])
     from flwr.simulation import run_simulation
 
     from fedcls.client_app import app as client_app
     from fedcls.server_app import make_server_app
 
-    run_simulation(server_app=make_server_app(cfg, recorder), client_app=client_app,
+    run_simulation(server_app=make_server_app(cfg, recorder, resume), client_app=client_app,
                    num_supernodes=cfg["num_clients"], backend_config=backend_config(cfg),
                    verbose_logging=cfg["verbose"])
 

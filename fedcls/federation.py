@@ -12,6 +12,7 @@ import json
 import random
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -20,6 +21,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 import strategies
+from fedcls import checkpoint, faults
 from fedcls.client_app import CONFIG_KEY, SITE_KEY
 from fedcls.errors import ConfigError
 from fedcls.extensions import extensions_for
@@ -136,48 +138,88 @@ def check_roster(site_of_node: dict[int, int], num_clients: int) -> None:
             f"{len(sites)} or give the federation {num_clients} nodes (num-supernodes)")
 
 
-def run_federation(grid: Grid, cfg: dict, recorder: Recorder) -> ArrayRecord:
-    """Run cfg["rounds"] rounds of the configured strategy over `grid`; returns the weights."""
-    strategy, extensions = build_strategy(cfg), extensions_for(cfg)
+def run_federation(grid: Grid, cfg: dict, recorder: Recorder, resume: dict | None = None,
+                   client_state_dir: Path | None = None) -> ArrayRecord:
+    """Run cfg["rounds"] rounds of the configured strategy over `grid`; returns the weights.
+    `resume`: a checkpoint (fedcls.checkpoint) to continue from; `client_state_dir`: where
+    simulated clients keep their state for checkpoints (None: no checkpoints of client state)."""
     site_of_node = discover_sites(grid, cfg["num_clients"])
     check_roster(site_of_node, cfg["num_clients"])
     grid = SiteOrderedGrid(grid, site_of_node)
     arrays, evaluate_global = global_evaluator(cfg)
     recorder.start(federated_data(cfg))
-    payload = json.dumps({**cfg, FEDERATION_KEY: federation_info(federated_data(cfg).dataset)})
-    for rnd in range(1, cfg["rounds"] + 1):
-        started, started_at = time.perf_counter(), time.time()
-        random.seed(f"{cfg['seed']}-{rnd}")  # Flower's node sampling draws from `random`
-        for ext in extensions:
-            ext.before_train(rnd, arrays, grid, ConfigRecord({CONFIG_KEY: payload}))
-        grid.active_sites = _train_sites(extensions, rnd)
-        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({CONFIG_KEY: payload}), grid))
-        grid.active_sites = None  # every site may evaluate
-        for ext in extensions:
-            messages = ext.outgoing(messages)
-        train_started = time.perf_counter()
-        replies = list(grid.send_and_receive(messages))
-        train_seconds = time.perf_counter() - train_started
-        for ext in extensions:
-            replies = ext.incoming(replies)
-        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
-        arrays = new_arrays if new_arrays is not None else arrays
-        config = ConfigRecord({CONFIG_KEY: payload})
-        eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
-        client_metrics = strategy.aggregate_evaluate(rnd, eval_replies)
-        loss, accuracy = evaluate_global(arrays)
-        extra = {k: v for ext in extensions for k, v in
-                 {**ext.after_evaluate(rnd, eval_replies), **ext.after_round(rnd, arrays)}.items()}
-        recorder.extras = {k: v for ext in extensions for k, v in ext.summary().items()}
-        recorder.round(rnd, {
-            "accuracy": accuracy, "loss": loss,
-            "train": {k: v for k, v in dict(train_metrics or {}).items() if k not in PER_CLIENT},
-            "clients": dict(client_metrics or {}),
-            "sampled": len(replies), "trained": _trained_sites(replies),
-            "failures": _failures(replies) + _failures(eval_replies),
-            "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
-            "started_at": started_at, **extra,
-        })
+    strategy, extensions, first = build_strategy(cfg), extensions_for(cfg), 1
+    if resume is not None:
+        strategy, extensions, first = resume["strategy"], resume["extensions"], resume["round"] + 1
+        arrays = ArrayRecord(resume["arrays"])
+        recorder.resume_from(resume["rows"], resume["extras"])
+        checkpoint.restore_rng(resume)
+    payload = {**cfg, FEDERATION_KEY: federation_info(federated_data(cfg).dataset)}
+    for rnd in range(first, cfg["rounds"] + 1):
+        if client_state_dir is not None:  # clients write their state; a resume reads it up to here
+            payload[checkpoint.PAYLOAD_KEY] = {"dir": str(client_state_dir), "upto": _last_checkpoint(cfg, rnd)}
+        arrays = _round(grid, cfg, rnd, arrays, strategy, extensions, json.dumps(payload), recorder,
+                        evaluate_global)
+        if _checkpoint_due(cfg, rnd):
+            checkpoint.save(recorder.run_dir, rnd, arrays.to_torch_state_dict(), strategy, extensions,
+                            recorder.rows, recorder.extras)
+    return arrays
+
+
+def _checkpoint_due(cfg: dict, rnd: int) -> bool:
+    every = cfg["checkpoint_every"]
+    return every > 0 and (rnd % every == 0 or rnd == cfg["rounds"])
+
+
+def _last_checkpoint(cfg: dict, rnd: int) -> int:
+    """The last round checkpointed before round `rnd` runs (0: none)."""
+    return max((r for r in range(1, rnd) if _checkpoint_due(cfg, r)), default=0)
+
+
+def _round(grid: SiteOrderedGrid, cfg: dict, rnd: int, arrays: ArrayRecord, strategy, extensions,
+           payload: str, recorder: Recorder, evaluate_global) -> ArrayRecord:
+    """One round: train (with injected faults screened), aggregate, evaluate, record."""
+    started, started_at = time.perf_counter(), time.time()
+    random.seed(f"{cfg['seed']}-{rnd}")  # Flower's node sampling draws from `random`
+    for ext in extensions:
+        ext.before_train(rnd, arrays, grid, ConfigRecord({CONFIG_KEY: payload}))
+    grid.active_sites = _train_sites(extensions, rnd)
+    messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({CONFIG_KEY: payload}), grid))
+    grid.active_sites = None  # every site may evaluate
+    for ext in extensions:
+        messages = ext.outgoing(messages)
+    messages, dropped = faults.outgoing(cfg, rnd, messages, grid.site_of_node)
+    train_started = time.perf_counter()
+    replies = list(grid.send_and_receive(messages, timeout=cfg["faults"]["round_timeout"] or None))
+    train_seconds = time.perf_counter() - train_started
+    replies, failed = faults.screen(messages, replies, grid.site_of_node)
+    failed = {"dropped": dropped, **failed}
+    for ext in extensions:
+        replies = ext.incoming(replies)
+    usable = sum(not m.has_error() for m in replies)
+    if usable < cfg["faults"]["min_train_nodes"]:
+        raise faults.TooFewReplies(
+            f"round {rnd}: {usable} usable training replies, fewer than faults.min_train_nodes="
+            f"{cfg['faults']['min_train_nodes']} (failed sites: {failed}); the run stops here and "
+            f"resumes from its last checkpoint with resume=<run folder>")
+    new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+    arrays = new_arrays if new_arrays is not None else arrays
+    config = ConfigRecord({CONFIG_KEY: payload})
+    eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
+    client_metrics = strategy.aggregate_evaluate(rnd, eval_replies)
+    loss, accuracy = evaluate_global(arrays)
+    extra = {k: v for ext in extensions for k, v in
+             {**ext.after_evaluate(rnd, eval_replies), **ext.after_round(rnd, arrays)}.items()}
+    recorder.extras = {k: v for ext in extensions for k, v in ext.summary().items()}
+    recorder.round(rnd, {
+        "accuracy": accuracy, "loss": loss,
+        "train": {k: v for k, v in dict(train_metrics or {}).items() if k not in PER_CLIENT},
+        "clients": dict(client_metrics or {}),
+        "sampled": len(messages) + len(dropped), "trained": _trained_sites(replies),
+        "failures": _failures(replies) + _failures(eval_replies),
+        "faults": failed, "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
+        "started_at": started_at, **extra,
+    })
     return arrays
 
 

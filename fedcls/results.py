@@ -89,7 +89,15 @@ class Recorder:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        # until the run ends, the summary describes it as interrupted after this round (so a run
+        # killed at any moment leaves one that says so); finish() overwrites it
+        write_atomic(self.run_dir / "summary.json", json.dumps(self.summary("interrupted"), indent=2))
         self.echo(console_line(row, self.cfg["rounds"]))
+
+    def resume_from(self, rows: list[dict], extras: dict) -> None:
+        """Continue a run from a checkpoint: its rows (metrics.jsonl rewritten to exactly them)."""
+        self.rows, self.extras = list(rows), dict(extras)
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def summary(self, status: str, error: str | None = None) -> dict:
         accs = [r["accuracy"] for r in self.rows]
@@ -107,6 +115,8 @@ class Recorder:
             "num_clients": self.cfg["num_clients"], "partition": self.cfg["partition"]["kind"],
             "partition_counts": self.partition_counts,
             "versions": versions(), "command": " ".join(sys.argv), **self.extras,
+            **({"resume_with": f"python -m fedcls.simulate resume={self.run_dir}"}
+               if status != "completed" and (self.run_dir / "checkpoint.pt").exists() else {}),
         }
 
     def finish(self, status: str = "completed", state_dict=None, error: str | None = None) -> dict:

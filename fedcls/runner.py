@@ -7,22 +7,28 @@ import os
 import sys
 import time
 
+from pathlib import Path
+
+from fedcls import checkpoint
 from fedcls.errors import UserError
 from fedcls.results import Recorder, new_run_dir
 from fedcls.runtime import federated_data
 
 
-def run(cfg: dict, echo=print) -> int:
-    """Run `cfg`; 0 when completed, 1 when the run failed, 130 when interrupted.
-    ``echo`` prints the per-round lines (None: silent, as in a sweep)."""
+def run(cfg: dict, echo=print, resume_dir: Path | None = None) -> int:
+    """Run `cfg` (or continue the run in `resume_dir` from its checkpoint); 0 when completed,
+    1 when the run failed, 130 when interrupted. ``echo`` prints the per-round lines (None:
+    silent, as in a sweep)."""
     started = time.time()
     federated_data(cfg)  # missing data or an impossible partition stops here, with exit 2
-    recorder = Recorder(new_run_dir(cfg), cfg, echo=echo or (lambda line: None))
+    resume = checkpoint.load(resume_dir) if resume_dir else None
+    recorder = Recorder(resume_dir or new_run_dir(cfg), cfg, echo=echo or (lambda line: None))
     if echo is None:
-        return _simulate(cfg, recorder)
+        return _simulate(cfg, recorder, resume)
+    what = f"resuming after round {resume['round']}" if resume else f"{cfg['rounds']} rounds"
     print(f"fedcls: {cfg['dataset']}, {cfg['num_clients']} sites, partition {cfg['partition']['kind']}, "
-          f"strategy {cfg['strategy']['name']}, {cfg['rounds']} rounds -> {recorder.run_dir}", flush=True)
-    code = _simulate(cfg, recorder)
+          f"strategy {cfg['strategy']['name']}, {what} -> {recorder.run_dir}", flush=True)
+    code = _simulate(cfg, recorder, resume)
     if code:
         return code
     rows = recorder.rows
@@ -32,11 +38,11 @@ def run(cfg: dict, echo=print) -> int:
     return 0
 
 
-def _simulate(cfg: dict, recorder: Recorder) -> int:
+def _simulate(cfg: dict, recorder: Recorder, resume: dict | None = None) -> int:
     from fedcls.engine import simulate
 
     try:
-        simulate(cfg, recorder)
+        simulate(cfg, recorder, resume)
     except KeyboardInterrupt:
         recorder.finish("interrupted", error="KeyboardInterrupt")
         print(f"\ninterrupted; rounds so far are in {recorder.run_dir}", file=sys.stderr, flush=True)

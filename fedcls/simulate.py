@@ -3,6 +3,7 @@
     python -m fedcls.simulate scenario=dirichlet_0.1
     python -m fedcls.simulate scenario=label_2 strategy=fedprox strategy.proximal_mu=0.01 seed=1
     python -m fedcls.simulate scenario=iid --cfg job     # print the resolved config only
+    python -m fedcls.simulate resume=results/runs/<run>   # continue a killed run from its checkpoint
     python -m fedcls.simulate --help
 """
 
@@ -30,6 +31,9 @@ def _main(args: list[str]) -> int:
     overrides = [a for a in args if a not in ("--cfg", "job")]
     if bad := [a for a in overrides if a.startswith("-")]:
         raise UserError(f"unknown option {bad[0]}; options are --help and --cfg job")
+    resume = [a.split("=", 1)[1] for a in overrides if a.startswith("resume=")]
+    if resume:
+        return _resume(resume[0], [a for a in overrides if not a.startswith("resume=")])
     cfg = compose(overrides)
     if show_cfg:
         print(to_yaml(cfg), end="")
@@ -37,6 +41,29 @@ def _main(args: list[str]) -> int:
     from fedcls.runner import run
 
     return run(cfg)
+
+
+def _resume(folder: str, others: list[str]) -> int:
+    """Continue the run in `folder` from its checkpoint, with the config it was started with."""
+    from pathlib import Path
+
+    import yaml
+
+    from fedcls.config import validate
+    from fedcls.runner import run
+
+    if others:
+        raise UserError(f"resume=<run folder> takes the run's own config; drop {others[0]}")
+    run_dir = Path(folder).expanduser()
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"resume={folder}: no run folder there (it has no config.yaml); name a folder under "
+                        f"results/runs/")
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        validate(cfg)
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"{run_dir / 'config.yaml'} is not a readable fedcls config ({err})") from None
+    return run(cfg, resume_dir=run_dir)
 
 
 if __name__ == "__main__":

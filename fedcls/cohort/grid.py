@@ -74,7 +74,7 @@ def _actors(cfg: dict) -> list:
     return [remote.remote() for _ in range(backend["cohort_actors"])]
 
 
-def run_cohorts(cfg: dict, recorder) -> None:
+def run_cohorts(cfg: dict, recorder, resume: dict | None = None) -> None:
     """A simulation whose clients train in cohorts on Ray actors (see module docstring)."""
     import ray
     from flwr.supercore.task_identity import TaskIdentity
@@ -92,7 +92,7 @@ def run_cohorts(cfg: dict, recorder) -> None:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0  # the server's identity
     workers = _actors(cfg)
     try:
-        run_and_record(CohortGrid(cfg["num_clients"], workers, recorder.echo), cfg, recorder)
+        run_and_record(CohortGrid(cfg["num_clients"], workers, recorder.echo), cfg, recorder, resume)
     finally:
         for actor in workers:
             ray.kill(actor)

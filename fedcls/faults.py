@@ -1,0 +1,91 @@
+"""Injected faults for robustness studies, and the server's defences (``faults`` config section).
+
+Each sampled client's fault in a training round is drawn from (seed, round, site) alone, so a
+run's faults are reproducible and a test can recompute them: ``drop`` (the server never hears
+from it: its message is not delivered), ``crash`` (the ClientApp raises), ``nan`` (it returns
+non-finite weights) or ``straggler`` (it answers ``straggler_delay`` s late; with a
+``round_timeout`` the server stops waiting and counts it late). The server rejects non-finite
+updates, aggregates the rest, and stops the run (resumable from its checkpoint) when fewer than
+``min_train_nodes`` usable replies arrive. Each round's metrics.jsonl row lists the sites that
+failed, by reason, under ``faults``. Faults apply to training messages only.
+
+Stragglers' messages are sent last, so that on a simulation's shared actors their delay does not
+hold up the clients queued behind them (a real site's delay holds up no one).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from flwr.app import Message
+
+KINDS = ("drop", "crash", "nan", "straggler")
+
+
+class InjectedCrash(RuntimeError):
+    """The ClientApp's injected crash (faults.crash_prob)."""
+
+
+class TooFewReplies(RuntimeError):
+    """Fewer usable training replies than faults.min_train_nodes."""
+
+
+def fault_of(cfg: dict, rnd: int, site: int) -> str | None:
+    """The fault injected into `site`'s training in round `rnd` (None: none)."""
+    f = cfg["faults"]
+    probs = [f["drop_prob"], f["crash_prob"], f["nan_prob"], f["straggler_prob"]]
+    if not any(probs):
+        return None
+    u = np.random.default_rng([cfg["seed"], rnd, site, 0xFA17]).random()
+    for kind, edge in zip(KINDS, np.cumsum(probs)):
+        if u < edge:
+            return kind
+    return None
+
+
+def client_side(cfg: dict, rnd: int, site: int) -> str | None:
+    """Act out a client's fault before it trains: raise, or sleep; returns the fault."""
+    fault = fault_of(cfg, rnd, site)
+    if fault == "crash":
+        raise InjectedCrash(f"injected crash (faults.crash_prob) at site {site}, round {rnd}")
+    if fault == "straggler":
+        time.sleep(cfg["faults"]["straggler_delay"])
+    return fault
+
+
+def poisoned(weights: dict) -> dict:
+    """The weights a client with an injected NaN fault returns."""
+    return {k: v.float().fill_(math.nan) if v.is_floating_point() else v for k, v in weights.items()}
+
+
+def outgoing(cfg: dict, rnd: int, messages: list[Message], site_of_node: dict[int, int]):
+    """(messages to send, dropped sites): drop the dropped ones; stragglers' messages last."""
+    site = {id(m): site_of_node.get(m.metadata.dst_node_id, -1) for m in messages}
+    kept = [m for m in messages if fault_of(cfg, rnd, site[id(m)]) != "drop"]
+    dropped = sorted(site[id(m)] for m in messages if fault_of(cfg, rnd, site[id(m)]) == "drop")
+    kept.sort(key=lambda m: fault_of(cfg, rnd, site[id(m)]) == "straggler")  # stable: site order kept
+    return kept, dropped
+
+
+def _finite(msg: Message) -> bool:
+    for record in msg.content.array_records.values():
+        for array in record.values():
+            values = array.numpy()
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                return False
+    return True
+
+
+def screen(sent: list[Message], replies: list[Message], site_of_node: dict[int, int]):
+    """(usable replies, {reason: sites}) of a round's training exchange."""
+    answered = {m.metadata.src_node_id for m in replies}
+    late = sorted(site_of_node.get(m.metadata.dst_node_id, -1) for m in sent
+                  if m.metadata.dst_node_id not in answered)
+    crashed = sorted(site_of_node.get(m.metadata.src_node_id, -1) for m in replies if m.has_error())
+    bad = [m for m in replies if not m.has_error() and not _finite(m)]
+    non_finite = sorted(site_of_node.get(m.metadata.src_node_id, -1) for m in bad)
+    bad_ids = {id(m) for m in bad}
+    usable = [m for m in replies if id(m) not in bad_ids]
+    return usable, {"late": late, "crashed": crashed, "non_finite": non_finite}

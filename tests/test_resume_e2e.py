@@ -1,0 +1,56 @@
+"""A run killed with SIGKILL after round 3 of 6 resumes from its checkpoint and its rounds equal
+an uninterrupted run's, to the last digit (SCAFFOLD: server and client state both matter)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+ARGS = ["strategy=scaffold", "scenario=dirichlet_0.5", "num_clients=4", "fraction_train=0.75", "rounds=6",
+        "local_epochs=1", "model=mlp", "fraction_evaluate=0.5", "save_model=false"]
+SAME = ("round", "accuracy", "loss", "train", "clients", "sampled", "trained", "failures", "faults")
+
+
+def rows_of(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_killed_run_resumes_exactly(tmp_path, cli):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed = tmp_path / "killed" / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fedcls.simulate", *ARGS, f"output_dir={killed.parent}",
+                             "run_id=run"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if (killed / "metrics.jsonl").exists() and len(rows_of(killed)) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started (Ray too)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["rounds_completed"] >= 3
+    assert "resume=" in summary["resume_with"]
+    assert 3 <= len(rows_of(killed)) < 6  # whole lines only
+
+    resumed = cli(f"resume={killed}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming after round" in resumed.stdout
+    whole = cli(*ARGS, f"output_dir={tmp_path / 'whole'}", "run_id=run")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    got, want = rows_of(killed), rows_of(tmp_path / "whole" / "run")
+    assert [[r[k] for k in SAME] for r in got] == [[r[k] for k in SAME] for r in want]
+    assert json.loads((killed / "summary.json").read_text())["status"] == "completed"
+    assert not (killed / "client_state").exists()  # removed once the run completed
