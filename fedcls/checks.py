@@ -53,8 +53,23 @@ def check_ranges(cfg: dict) -> None:
     _require(backend["num_gpus"] >= 0, f"backend.num_gpus must be >= 0, got {backend['num_gpus']}")
     _require(backend["cohort_size"] >= 0, f"backend.cohort_size must be >= 0 (0: all), got {backend['cohort_size']}")
     _require(backend["cohort_actors"] >= 1, f"backend.cohort_actors must be >= 1, got {backend['cohort_actors']}")
+    _require(cfg["checkpoint_every"] >= 0, f"checkpoint_every must be >= 0 (0: none), got {cfg['checkpoint_every']}")
+    check_faults(cfg)
     _require(not (cfg["device"] == "cuda" and backend["num_gpus"] == 0),
              "device=cuda needs GPUs for the clients: set backend.num_gpus (e.g. 0.25)")
+
+
+def check_faults(cfg: dict) -> None:
+    f = cfg["faults"]
+    probs = {k: f[k] for k in ("drop_prob", "crash_prob", "nan_prob", "straggler_prob")}
+    for key, p in probs.items():
+        _require(0 <= p <= 1, f"faults.{key} must be in [0, 1], got {p}")
+    _require(sum(probs.values()) <= 1, f"the fault probabilities add up to {sum(probs.values()):g}; "
+             f"a client has one fault at most, so their sum must be <= 1")
+    _require(f["straggler_delay"] >= 0, f"faults.straggler_delay must be >= 0 seconds, got {f['straggler_delay']}")
+    _require(f["round_timeout"] >= 0, f"faults.round_timeout must be >= 0 seconds (0: no limit), got {f['round_timeout']}")
+    _require(1 <= f["min_train_nodes"] <= cfg["num_clients"],
+             f"faults.min_train_nodes must be in [1, num_clients={cfg['num_clients']}], got {f['min_train_nodes']}")
 
 
 def check_fits_data(cfg: dict) -> None:

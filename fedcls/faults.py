@@ -3,14 +3,16 @@
 Each sampled client's fault in a training round is drawn from (seed, round, site) alone, so a
 run's faults are reproducible and a test can recompute them: ``drop`` (the server never hears
 from it: its message is not delivered), ``crash`` (the ClientApp raises), ``nan`` (it returns
-non-finite weights) or ``straggler`` (it answers ``straggler_delay`` s late; with a
-``round_timeout`` the server stops waiting and counts it late). The server rejects non-finite
+non-finite weights) or ``straggler`` (its reply reaches the server ``straggler_delay`` s late;
+with a ``round_timeout`` the server stops waiting at the deadline and counts it late). The server rejects non-finite
 updates, aggregates the rest, and stops the run (resumable from its checkpoint) when fewer than
 ``min_train_nodes`` usable replies arrive. Each round's metrics.jsonl row lists the sites that
 failed, by reason, under ``faults``. Faults apply to training messages only.
 
-Stragglers' messages are sent last, so that on a simulation's shared actors their delay does not
-hold up the clients queued behind them (a real site's delay holds up no one).
+A straggler's delay is added on the way back (the server waits for it in real time, up to the
+deadline) rather than slept inside the client: in a simulation, clients share actors, and a
+sleeping actor would hold up every client queued behind it, which a real slow site does not.
+Replies that really miss ``round_timeout`` (a slow deployed site) are counted late as well.
 """
 
 from __future__ import annotations
@@ -46,12 +48,10 @@ def fault_of(cfg: dict, rnd: int, site: int) -> str | None:
 
 
 def client_side(cfg: dict, rnd: int, site: int) -> str | None:
-    """Act out a client's fault before it trains: raise, or sleep; returns the fault."""
+    """Act out a client's fault before it trains (a crash raises); returns the fault."""
     fault = fault_of(cfg, rnd, site)
     if fault == "crash":
         raise InjectedCrash(f"injected crash (faults.crash_prob) at site {site}, round {rnd}")
-    if fault == "straggler":
-        time.sleep(cfg["faults"]["straggler_delay"])
     return fault
 
 
@@ -61,12 +61,28 @@ def poisoned(weights: dict) -> dict:
 
 
 def outgoing(cfg: dict, rnd: int, messages: list[Message], site_of_node: dict[int, int]):
-    """(messages to send, dropped sites): drop the dropped ones; stragglers' messages last."""
+    """(messages to send, dropped sites): the dropped clients' messages are never delivered."""
     site = {id(m): site_of_node.get(m.metadata.dst_node_id, -1) for m in messages}
     kept = [m for m in messages if fault_of(cfg, rnd, site[id(m)]) != "drop"]
     dropped = sorted(site[id(m)] for m in messages if fault_of(cfg, rnd, site[id(m)]) == "drop")
-    kept.sort(key=lambda m: fault_of(cfg, rnd, site[id(m)]) == "straggler")  # stable: site order kept
     return kept, dropped
+
+
+def delay_stragglers(cfg: dict, rnd: int, replies: list[Message], site_of_node: dict[int, int],
+                     sent_at: float) -> list[Message]:
+    """Replies as they would arrive with the stragglers' delay: wait for the late ones up to the
+    round's deadline; those that would arrive after it are left out (and counted late)."""
+    f = cfg["faults"]
+    slow = [m for m in replies if fault_of(cfg, rnd, site_of_node.get(m.metadata.src_node_id, -1)) == "straggler"]
+    if not slow:
+        return replies
+    arrives = time.perf_counter() + f["straggler_delay"]  # every straggler: the same delay
+    deadline = sent_at + f["round_timeout"] if f["round_timeout"] else math.inf
+    time.sleep(max(min(arrives, deadline) - time.perf_counter(), 0.0))
+    if arrives <= deadline:
+        return replies
+    slow_ids = {id(m) for m in slow}
+    return [m for m in replies if id(m) not in slow_ids]
 
 
 def _finite(msg: Message) -> bool:

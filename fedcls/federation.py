@@ -191,6 +191,7 @@ def _round(grid: SiteOrderedGrid, cfg: dict, rnd: int, arrays: ArrayRecord, stra
     messages, dropped = faults.outgoing(cfg, rnd, messages, grid.site_of_node)
     train_started = time.perf_counter()
     replies = list(grid.send_and_receive(messages, timeout=cfg["faults"]["round_timeout"] or None))
+    replies = faults.delay_stragglers(cfg, rnd, replies, grid.site_of_node, train_started)
     train_seconds = time.perf_counter() - train_started
     replies, failed = faults.screen(messages, replies, grid.site_of_node)
     failed = {"dropped": dropped, **failed}

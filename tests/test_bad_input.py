@@ -1,0 +1,75 @@
+"""Bad input across the whole CLI: every case exits 2 with a one-line message naming the fix,
+no traceback, and nothing is run (types, ranges, unknown names, data folders, checkpoints)."""
+
+import pytest
+
+import fedcls.engine
+from fedcls.simulate import main
+
+CASES = [  # (arguments, words the message must contain)
+    (["scenario=nope"], "unknown scenario"),
+    (["strategy=fedprxo"], "Did you mean 'fedprox'"),
+    (["dataset=mnist5"], "Did you mean 'mnist5k'"),
+    (["model=simplecnn"], "Did you mean 'simple_cnn'"),
+    (["partition.kind=diriclet"], "Did you mean 'dirichlet'"),
+    (["nun_clients=3"], "Did you mean 'num_clients'"),
+    (["lr=fast"], "lr must be a number"),
+    (["lr=-1"], "lr must be > 0"),
+    (["momentum=1.5"], "momentum must be in [0, 1)"),
+    (["num_clients=2.5"], "num_clients must be an integer"),
+    (["rounds=0"], "rounds must be >= 1"),
+    (["fraction_train=0"], "fraction_train must be in (0, 1]"),
+    (["fraction_evaluate=2"], "fraction_evaluate must be in [0, 1]"),
+    (["batch_size=0"], "batch_size must be >= 1"),
+    (["verbose=maybe"], "verbose must be true or false"),
+    (["device=tpu"], "unknown device"),
+    (["backend.executor=threads"], "unknown executor"),
+    (["backend.cohort_size=-1"], "backend.cohort_size must be >= 0"),
+    (["backend.cohort_actors=0"], "backend.cohort_actors must be >= 1"),
+    (["backend.precision=fp8"], "unknown precision"),
+    (["checkpoint_every=-1"], "checkpoint_every must be >= 0"),
+    (["faults.drop_prob=1.5"], "faults.drop_prob must be in [0, 1]"),
+    (["faults.drop_prob=0.6", "faults.crash_prob=0.6"], "add up to 1.2"),
+    (["faults.round_timeout=-1"], "faults.round_timeout must be >= 0"),
+    (["faults.min_train_nodes=0"], "faults.min_train_nodes must be in [1, num_clients=10]"),
+    (["faults.min_train_nodes=11"], "faults.min_train_nodes must be in [1, num_clients=10]"),
+    (["partition.alpha=0"], "partition.alpha must be > 0"),
+    (["scenario=dirichlet_0.1", "num_clients=401"], "lower num_clients or partition.min_size"),
+    (["strategy=fedprox", "strategy.proximal_mu=-1"], "strategy.proximal_mu must be >= 0"),
+    (["domain.sites=[blurr]"], "Did you mean 'blur'"),
+    (["continual.kind=sometimes"], "continual"),
+    (["--bogus"], "unknown option --bogus"),
+    (["rounds"], "cannot parse 'rounds'"),
+    (["dataset=cifar10", "data.root={tmp}/empty"], "is not under"),
+    (["resume={tmp}/nothing"], "no run folder there"),
+    (["resume={tmp}/run_without_checkpoint"], "has no checkpoint.pt"),
+    (["resume={tmp}/run_with_corrupt_checkpoint"], "is corrupt"),
+    (["resume={tmp}/run_without_checkpoint", "rounds=5"], "takes the run's own config"),
+]
+
+
+@pytest.fixture
+def folders(tmp_path):
+    from fedcls.config import compose, to_yaml
+
+    config = to_yaml(compose(["num_clients=3"]))
+    for name in ("run_without_checkpoint", "run_with_corrupt_checkpoint"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(config)
+    (tmp_path / "run_with_corrupt_checkpoint" / "checkpoint.pt").write_bytes(b"\x00 half a file")
+    (tmp_path / "empty").mkdir()
+    return tmp_path
+
+
+def test_the_table_has_thirty_cases_or_more():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a)[:40] for a, _ in CASES])
+def test_bad_input_exits_2_with_a_message(args, words, folders, capsys, monkeypatch):
+    monkeypatch.setattr(fedcls.engine, "simulate", lambda *a, **k: pytest.fail("a bad input started a run"))
+    code = main([a.replace("{tmp}", str(folders)) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert words in err and "Traceback" not in err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) <= 2
