@@ -132,3 +132,41 @@ def test_clients_a_cohort_cannot_hold_train_alone_with_one_notice(monkeypatch, t
     grid = CohortGrid(3, [CohortWorker()], echo=lines.append)
     run_federation(grid, cfg, Recorder(tmp_path / "run", cfg, echo=lambda line: None))
     assert len(lines) == 1 and "trains alone: BatchNorm keeps running statistics" in lines[0]
+
+
+class DyingWorker:
+    """A worker whose process is gone (as a Ray actor killed by the OOM killer answers)."""
+
+    def process(self, items):
+        raise RuntimeError("The actor died unexpectedly before finishing this task")
+
+
+def test_a_dead_cohort_worker_fails_its_clients_once_then_is_replaced(monkeypatch, tmp_path):
+    from fedcls.cohort.grid import CohortGrid
+    from fedcls.cohort.worker import CohortWorker
+    from fedcls.config import compose
+    from fedcls.federation import run_federation
+    from fedcls.results import Recorder
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+    cfg = compose(["dataset=synthetic", "data.synthetic.num_samples=300", "num_clients=4", "rounds=2",
+                   "model=mlp", "fraction_evaluate=0"])
+    workers = [CohortWorker(), CohortWorker()]
+    grid = CohortGrid(4, workers, echo=lambda line: None, respawn=CohortWorker)
+    recorder = Recorder(tmp_path / "run", cfg, echo=lambda line: None)
+    discovered = grid.send_and_receive  # let discovery through, then kill worker 1
+    calls = {"n": 0}
+
+    def send(messages, timeout=None):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first training exchange
+            grid.workers[1] = DyingWorker()
+        return discovered(messages, timeout)
+
+    monkeypatch.setattr(grid, "send_and_receive", send)
+    run_federation(grid, cfg, recorder)
+    first, second = recorder.rows
+    assert sorted(s for s, _ in first["trained"]) == [0, 2] and len(first["faults"]["crashed"]) == 2
+    assert "actor died" in first["failures"][0]
+    assert sorted(s for s, _ in second["trained"]) == [0, 1, 2, 3] and isinstance(grid.workers[1], CohortWorker)

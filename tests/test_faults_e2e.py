@@ -33,3 +33,42 @@ def test_training_goes_on_through_injected_faults_and_counts_them(cli, tmp_path)
         assert all("injected crash" in reason for reason in row["failures"])
     assert sum(len(r["faults"][k]) for r in rows for k in REASON.values()) >= 40  # ~80 of 100 expected
     assert rows[-1]["accuracy"] > max(rows[0]["accuracy"], 0.5)  # chance: 0.1
+
+
+def test_a_killed_ray_actor_does_not_stall_the_run(tmp_path):
+    """SIGKILL one client actor after round 1 (as the OOM killer would): its client's work
+    fails once, a new actor takes its place, and the later rounds run without failures."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    from conftest import ROOT
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        address = ray.get_runtime_context().gcs_address
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        proc = subprocess.Popen([sys.executable, "-m", "fedcls.simulate", "num_clients=6", "rounds=4",
+                                 "local_epochs=1", "model=mlp", "save_model=false", f"backend.ray_address={address}",
+                                 f"output_dir={tmp_path}", "run_id=run"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        killed = False
+        while proc.poll() is None:
+            if not killed and metrics.exists() and metrics.read_text().count("\n") >= 1:
+                actors = [a for a in ray._private.state.actors().values()
+                          if a["State"] == "ALIVE" and a["ActorClassName"] == "ClientAppActor"]
+                os.kill(actors[0]["Pid"], signal.SIGKILL)
+                killed = True
+            time.sleep(0.05)
+        assert killed and proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+    finally:
+        ray.shutdown()
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert len(rows) == 4
+    failed = [r["round"] for r in rows if r["failures"]]
+    assert len(failed) == 1 and "actor" in " ".join(rows[failed[0] - 1]["failures"]).lower()
+    assert all(not r["failures"] and len(r["trained"]) == 6 for r in rows[failed[0]:])

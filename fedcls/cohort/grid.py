@@ -16,14 +16,15 @@ from typing import Iterable
 
 from flwr.app import Message
 
-from fedcls.cohort.worker import CohortWorker
+from fedcls.cohort.worker import CohortWorker, error_reply
 
 
 class CohortGrid:
     """Sites 0..n-1 as nodes 1..n, served by `workers` (Ray actor handles or plain workers)."""
 
-    def __init__(self, num_sites: int, workers: list, echo=print):
+    def __init__(self, num_sites: int, workers: list, echo=print, respawn=None):
         self.num_sites, self.workers, self.echo = num_sites, workers, echo
+        self.respawn = respawn  # makes a new worker when one died (Ray actors)
         self._noticed: set[str] = set()
 
     def get_node_ids(self) -> list[int]:
@@ -39,7 +40,16 @@ class CohortGrid:
                  for w, batch in batches.items()}
         replies: list[Message | None] = [None] * len(messages)
         for w, batch in batches.items():
-            answers, notices = self._result(calls[w])
+            try:
+                answers, notices = self._result(calls[w])
+            except Exception as err:  # noqa: BLE001 - e.g. the actor was OOM-killed
+                if self.respawn is None:
+                    raise
+                # its clients' work fails this round; a new actor serves its sites from now on
+                # (their state: from the last checkpoint's client state files, if any)
+                self.workers[w] = self.respawn()
+                answers = [error_reply(msg, err) for _, _, msg in batch]
+                notices = []
             for (i, _, _), reply in zip(batch, answers):
                 replies[i] = reply
             self._notice(notices)
@@ -55,12 +65,13 @@ class CohortGrid:
 
     @staticmethod
     def _call(worker, items):
-        return worker.process.remote(items) if hasattr(worker.process, "remote") else worker.process(items)
+        """Start the worker's call (a Ray future; in-process: a deferred call)."""
+        return worker.process.remote(items) if hasattr(worker.process, "remote") else (lambda: worker.process(items))
 
     @staticmethod
     def _result(call):
-        if isinstance(call, tuple):
-            return call
+        if callable(call):
+            return call()
         import ray
 
         return ray.get(call)
@@ -92,7 +103,9 @@ def run_cohorts(cfg: dict, recorder, resume: dict | None = None) -> None:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0  # the server's identity
     workers = _actors(cfg)
     try:
-        run_and_record(CohortGrid(cfg["num_clients"], workers, recorder.echo), cfg, recorder, resume)
+        grid = CohortGrid(cfg["num_clients"], workers, recorder.echo, respawn=lambda: _actors({**cfg, "backend": {
+            **cfg["backend"], "cohort_actors": 1}})[0])
+        run_and_record(grid, cfg, recorder, resume)
     finally:
         for actor in workers:
             ray.kill(actor)

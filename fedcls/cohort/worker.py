@@ -69,7 +69,7 @@ class CohortWorker:
             try:
                 jobs.append((i, client_app.prepare_train(msg, self.context(site))))
             except Exception as err:  # noqa: BLE001 - the site's failure, as Flower reports it
-                replies[i] = _error_reply(msg, err)
+                replies[i] = error_reply(msg, err)
         ready, alone = [], []
         for i, job in jobs:
             reason = cohort_blocker(job.model, job.hooks)
@@ -97,7 +97,7 @@ class CohortWorker:
             first.model.load_state_dict(first.msg.content["arrays"].to_torch_state_dict(), strict=False)
             results = cohort_update(first.model, clients, cfg["backend"]["precision"], cfg["backend"]["channels_last"])
         except Exception as err:  # noqa: BLE001 - the cohort's clients fail this round together
-            return {i: _error_reply(job.msg, err) for i, job in ready}
+            return {i: error_reply(job.msg, err) for i, job in ready}
         return {i: client_app.train_reply(job, result, weights)
                 for (i, job), (weights, result) in zip(ready, results)}
 
@@ -106,10 +106,10 @@ class CohortWorker:
         try:
             return work()
         except Exception as err:  # noqa: BLE001
-            return _error_reply(msg, err)
+            return error_reply(msg, err)
 
 
-def _error_reply(msg: Message, err: Exception) -> Message:
+def error_reply(msg: Message, err: Exception) -> Message:
     return Message(Error(code=CLIENT_ERROR, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
 
 
