@@ -6,7 +6,8 @@ Comma lists (and Hydra's other sweep forms, e.g. ``seed=range(0,3)``) span the g
 overrides apply to every run. Runs go to ``<output_dir>/runs/<run-id>`` where ``output_dir``
 defaults to ``results/studies/<name>``. All runs share one Ray instance (started once in this
 process, or the cluster at ``backend.ray_address``). Finished runs are skipped when the sweep is started again, so a
-killed sweep resumes; a failed run is recorded and the sweep goes on. Then:
+killed sweep resumes, and a run it interrupted continues from its last checkpoint (fedcls.checkpoint)
+when its config is unchanged; a failed run is recorded and the sweep goes on. Then:
 ``python -m fedcls.report <output_dir>``.
 """
 
@@ -54,6 +55,19 @@ def is_finished(run_dir: Path) -> bool:
     return summary.exists() and json.loads(summary.read_text()).get("status") == "completed"
 
 
+def _resumable(run_dir: Path, cfg: dict) -> bool:
+    """An unfinished run of this very config with a readable checkpoint: continue it."""
+    import yaml
+
+    from fedcls import checkpoint
+
+    try:
+        same = yaml.safe_load((run_dir / "config.yaml").read_text()) == cfg
+        return same and checkpoint.load(run_dir) is not None
+    except (OSError, yaml.YAMLError, UserError):
+        return False
+
+
 def run_point(common: list[str], point: list[str], runs_dir: Path) -> tuple[str, dict]:
     """Run one grid point; ('done' | 'failed', summary)."""
     from fedcls.config import compose
@@ -61,11 +75,12 @@ def run_point(common: list[str], point: list[str], runs_dir: Path) -> tuple[str,
 
     run_id = run_id_of(point)
     run_dir = runs_dir / run_id
-    if run_dir.exists():  # an unfinished run from a killed sweep: start it again
-        shutil.rmtree(run_dir)
     try:
         cfg = compose([*common, *point, f"output_dir={runs_dir}", f"run_id={run_id}"])
-        code = run(cfg, echo=None)
+        resume = run_dir if _resumable(run_dir, cfg) else None
+        if run_dir.exists() and resume is None:  # an unfinished run without a usable checkpoint
+            shutil.rmtree(run_dir)
+        code = run(cfg, echo=None, resume_dir=resume)
     except UserError as err:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(str(err))

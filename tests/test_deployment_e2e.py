@@ -79,12 +79,13 @@ def supernode_args(link: int, site_dir: Path, certs: Path | None, key: str) -> l
     return [*args, "--root-certificates", str(certs / "ca.crt"), "--auth-supernode-private-key", str(certs / key)]
 
 
-def deploy(tmp_path: Path, overrides: str, certs: Path | None = None, intruder: bool = False) -> Path:
+def deploy(tmp_path: Path, overrides: str, certs: Path | None = None, intruder: bool = False,
+           fmt: str = "imagefolder") -> Path:
     """Prepare 3 site folders, start a SuperLink and a SuperNode per site (with TLS and SuperNode
     authentication when `certs`), run `flwr run`, tear down; returns the run folder."""
     from fedcls.prepare_sites import main as prepare_sites
 
-    assert prepare_sites([f"out={tmp_path / 'sites'}", *overrides.split()]) == 0
+    assert prepare_sites([f"out={tmp_path / 'sites'}", f"format={fmt}", *overrides.split()]) == 0
     link = free_port()
     env = flwr_env(tmp_path, link, certs)
     procs = [start(superlink_args(link, tmp_path, certs), tmp_path / "superlink.log", env)]
@@ -126,24 +127,48 @@ def check_run(run: Path) -> list[dict]:
     return rows
 
 
-def test_three_sites_with_their_own_data_folders_equal_the_simulation(tmp_path, cli):
-    overrides = f"scenario=iid {OVERRIDES}"
-    rows = check_run(deploy(tmp_path, overrides))
+def simulated_rows(cfg_args: list[str], tmp_path: Path, monkeypatch) -> list[dict]:
+    """The same config run in-process through the ClientApp's own functions (the path a Ray
+    simulation runs; tests/test_cohort.py and test_e2e.py tie the two together)."""
+    from fedcls.cohort.grid import CohortGrid
+    from fedcls.cohort.worker import CohortWorker
+    from fedcls.config import compose
+    from fedcls.federation import run_federation
+    from fedcls.results import Recorder
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+    cfg = compose(cfg_args)
+    recorder = Recorder(tmp_path / "sim", cfg, echo=lambda line: None)
+    run_federation(CohortGrid(cfg["num_clients"], [CohortWorker(per_client=True)]), cfg, recorder)
+    return recorder.rows
+
+
+def test_insecure_and_tls_deployments_of_three_sites(tmp_path, monkeypatch):
+    """Two federations at once (each mostly waits on Flower's polling): an insecure one whose
+    numbers must equal the simulation's, and one with TLS and SuperNode authentication where a
+    fourth, unregistered SuperNode is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fedcls.certs import main as make_certs
+
+    plain, secure = tmp_path / "insecure", tmp_path / "tls"
+    plain.mkdir(), secure.mkdir()
+    certs = secure / "certs"
+    assert make_certs([f"out={certs}", "sites=4"]) == 0
+    insecure_overrides = f"scenario=iid {OVERRIDES}"
+    with ThreadPoolExecutor(2) as pool:
+        insecure = pool.submit(deploy, plain, insecure_overrides)
+        tls = pool.submit(deploy, secure, f"scenario=dirichlet_0.5 {OVERRIDES}", certs, True, "tensor")
+        insecure_run, tls_run = insecure.result(), tls.result()
+
+    rows = check_run(insecure_run)
     # the same config simulated: the same data, seeds and order, so the same numbers
-    sim = cli(*overrides.split(), f"output_dir={tmp_path / 'sim'}", "run_id=run")
-    assert sim.returncode == 0, sim.stderr[-2000:]
-    sim_rows = rows_of(tmp_path / "sim" / "run")
+    sim_rows = simulated_rows(insecure_overrides.split(), plain, monkeypatch)
     for key in ("accuracy", "loss"):
         assert [r[key] for r in rows] == pytest.approx([r[key] for r in sim_rows], rel=1e-6), key
     assert [r["train"]["train_loss"] for r in rows] == pytest.approx([r["train"]["train_loss"] for r in sim_rows], rel=1e-9)
 
-
-def test_tls_and_supernode_authentication(tmp_path):
-    from fedcls.certs import main as make_certs
-
-    certs = tmp_path / "certs"
-    assert make_certs([f"out={certs}", "sites=4"]) == 0
-    run = deploy(tmp_path, f"scenario=dirichlet_0.5 {OVERRIDES}", certs, intruder=True)
-    check_run(run)  # exactly sites 0, 1, 2 trained: the unregistered fourth node never joined
-    assert "Failed to activate SuperNode" in (tmp_path / "intruder.log").read_text()
-    assert "Uvicorn running on https://" in (tmp_path / "superlink.log").read_text()
+    check_run(tls_run)  # exactly sites 0, 1, 2 trained: the unregistered fourth node never joined
+    assert "Failed to activate SuperNode" in (secure / "intruder.log").read_text()
+    assert "Uvicorn running on https://" in (secure / "superlink.log").read_text()

@@ -51,11 +51,11 @@ def test_same_seed_gives_identical_rounds_and_fedprox_mu0_is_fedavg(cli, tmp_pat
     assert all(r["sampled"] == 2 for r in runs[0])
 
 
-# Strategies with a client half or server state of their own, plus two of Flower's; the other
-# Flower strategies differ only in server arithmetic, checked in-process (test_strategies.py).
-# SCAFFOLD runs on Ray in the 100-client test below (cohort executor), FedBN in tests/test_coral_e2e.py, FedProx
-# in tests/test_continual_e2e.py, q-FedAvg below.
-RAY_STRATEGIES = "fednova,feddyn,moon,bulyan"  # FedAdam & co.: server arithmetic only
+# Strategies with a client half of their own; the other Flower strategies differ only in server
+# arithmetic, checked in-process (test_strategies.py). SCAFFOLD runs on Ray in the 100-client
+# test below (cohort executor), FedBN with BatchNorm in tests/test_coral_e2e.py, FedProx in
+# tests/test_continual_e2e.py. (q-FedAvg cannot take BatchNorm models: simple_cnn here.)
+RAY_STRATEGIES = "fednova,feddyn,moon,qfedavg"  # FedAdam, Bulyan & co.: server arithmetic only
 
 
 def test_strategies_complete_ray_runs_in_one_sweep(tmp_path):
@@ -67,7 +67,7 @@ def test_strategies_complete_ray_runs_in_one_sweep(tmp_path):
 
     result = subprocess.run(
         [sys.executable, "-m", "fedcls.sweep", "name=strategies", f"output_dir={tmp_path}",
-         f"strategy={RAY_STRATEGIES}", "model=simple_cnn_bn", "num_clients=3", "local_epochs=1",
+         f"strategy={RAY_STRATEGIES}", "model=simple_cnn", "num_clients=3", "local_epochs=1",
          "rounds=2", "lr=0.05", "save_model=false"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     for name in RAY_STRATEGIES.split(","):
@@ -77,14 +77,8 @@ def test_strategies_complete_ray_runs_in_one_sweep(tmp_path):
         assert [sorted(s for s, _ in r["trained"]) for r in rows] == [[0, 1, 2], [0, 1, 2]], name
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["final_accuracy"] is not None, name
-
-
-def test_qfedavg_completes_a_ray_run(cli, tmp_path):
-    """q-FedAvg's client half (the received model's loss) on Ray; it cannot take simple_cnn_bn."""
-    _, run_dir, rows = run(cli, tmp_path, "strategy=qfedavg", "num_clients=3", "local_epochs=1",
-                           "save_model=false")
-    assert [r["failures"] for r in rows] == [[], []]
-    assert all(r["train"]["initial_loss"] > 0 for r in rows)
+        if name == "qfedavg":  # its client half: the received model's loss
+            assert all(r["train"]["initial_loss"] > 0 for r in rows)
 
 
 def test_hundred_clients_partial_participation_keeps_client_state(cli, tmp_path):

@@ -22,7 +22,24 @@ def rows_of(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_killed_run_resumes_exactly(tmp_path, cli):
+def uninterrupted_rows(tmp_path, monkeypatch) -> list[dict]:
+    """The same config run without interruption, in-process through the ClientApp's functions
+    (the Ray simulation's path, to the last digit: tests/test_deployment_e2e.py)."""
+    from fedcls.cohort.grid import CohortGrid
+    from fedcls.cohort.worker import CohortWorker
+    from fedcls.config import compose
+    from fedcls.federation import run_federation
+    from fedcls.results import Recorder
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+    cfg = compose(ARGS)
+    recorder = Recorder(tmp_path / "whole", cfg, echo=lambda line: None)
+    run_federation(CohortGrid(cfg["num_clients"], [CohortWorker(per_client=True)]), cfg, recorder)
+    return recorder.rows
+
+
+def test_a_killed_run_resumes_exactly(tmp_path, cli, monkeypatch):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed = tmp_path / "killed" / "run"
     proc = subprocess.Popen([sys.executable, "-m", "fedcls.simulate", *ARGS, f"output_dir={killed.parent}",
@@ -48,9 +65,7 @@ def test_a_killed_run_resumes_exactly(tmp_path, cli):
     resumed = cli(f"resume={killed}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming after round" in resumed.stdout
-    whole = cli(*ARGS, f"output_dir={tmp_path / 'whole'}", "run_id=run")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    got, want = rows_of(killed), rows_of(tmp_path / "whole" / "run")
+    got, want = rows_of(killed), uninterrupted_rows(tmp_path, monkeypatch)
     assert [[r[k] for k in SAME] for r in got] == [[r[k] for k in SAME] for r in want]
     assert json.loads((killed / "summary.json").read_text())["status"] == "completed"
     assert not (killed / "client_state").exists()  # removed once the run completed

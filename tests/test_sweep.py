@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,6 +15,14 @@ from conftest import ROOT
 pytestmark = pytest.mark.e2e
 
 
+def finished(summary_path) -> bool:
+    """summary.json says completed (during a run it says interrupted, after every round)."""
+    try:
+        return json.loads(summary_path.read_text())["status"] == "completed"
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     args = [sys.executable, "-m", "fedcls.sweep", f"output_dir={tmp_path}", "seed=0,1,2",
             "num_clients=2", "rounds=1", "local_epochs=1", "save_model=false"]
@@ -21,8 +30,8 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
                              start_new_session=True)
     first = tmp_path / "runs" / "seed-0" / "summary.json"
     deadline = time.time() + 240
-    while not first.exists() and time.time() < deadline and sweep.poll() is None:
-        time.sleep(0.5)
+    while not finished(first) and time.time() < deadline and sweep.poll() is None:
+        time.sleep(0.2)
     os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and everything it started
     sweep.wait()
     assert first.exists(), "the first run never finished"
@@ -36,3 +45,20 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     for seed in range(3):
         summary = json.loads((tmp_path / "runs" / f"seed-{seed}" / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["seed"] == seed
+
+
+def test_an_interrupted_sweep_run_continues_only_with_its_own_config_and_a_good_checkpoint(tmp_path):
+    import torch
+
+    from fedcls.config import compose, to_yaml
+    from fedcls.sweep import _resumable
+
+    cfg = compose(["num_clients=3"])
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg))
+    assert not _resumable(tmp_path, cfg)  # no checkpoint yet
+    torch.save({"round": 1, "strategy": pickle.dumps(None), "extensions": pickle.dumps([])},
+               tmp_path / "checkpoint.pt")
+    assert _resumable(tmp_path, cfg)
+    assert not _resumable(tmp_path, compose(["num_clients=4"]))  # another config: start again
+    (tmp_path / "checkpoint.pt").write_bytes(b"torn")
+    assert not _resumable(tmp_path, cfg)

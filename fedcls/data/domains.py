@@ -26,12 +26,20 @@ import math
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from fedcls.errors import ConfigError, unknown_name
 
 
+
+def _tv():
+    """torchvision's tensor transforms, imported on first use (the import costs ~2 s in every
+    Ray actor and every deployed ClientApp process, most of which never transform an image)."""
+    from torchvision.transforms.v2 import functional
+
+    return functional
+
 def _rotate(x, v, gen):
+    TF = _tv()
     return TF.rotate(x, float(v), interpolation=TF.InterpolationMode.BILINEAR)
 
 
@@ -50,7 +58,7 @@ def _gamma(x, v, gen):
 def _blur(x, v, gen):
     sigma = float(v)
     size = max(3, 2 * math.ceil(3 * sigma) + 1)
-    return TF.gaussian_blur(x, [size, size], [sigma, sigma])
+    return _tv().gaussian_blur(x, [size, size], [sigma, sigma])
 
 
 def _invert(x, v, gen):
@@ -58,7 +66,7 @@ def _invert(x, v, gen):
 
 
 def _scale(x, v, gen):
-    return TF.affine(x, angle=0.0, translate=[0, 0], scale=float(v), shear=[0.0, 0.0])
+    return _tv().affine(x, angle=0.0, translate=[0, 0], scale=float(v), shear=[0.0, 0.0])
 
 
 def _color(x, v, gen):
