@@ -184,6 +184,7 @@ def run_federation(grid: Grid, cfg: dict, recorder: Recorder, resume: dict | Non
         if _checkpoint_due(cfg, rnd):
             checkpoint.save(recorder.run_dir, rnd, arrays.to_torch_state_dict(), strategy, extensions,
                             recorder.rows, recorder.extras)
+            recorder.interim()  # now with the command to resume
     return arrays
 
 

@@ -89,10 +89,14 @@ class Recorder:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        # until the run ends, the summary describes it as interrupted after this round (so a run
-        # killed at any moment leaves one that says so); finish() overwrites it
-        write_atomic(self.run_dir / "summary.json", json.dumps(self.summary("interrupted"), indent=2))
+        self.interim()
         self.echo(console_line(row, self.cfg["rounds"]))
+
+    def interim(self) -> None:
+        """Until the run ends, summary.json describes it as interrupted after its last round (so a
+        run killed at any moment leaves one that says so, with the command to resume once a
+        checkpoint exists); finish() overwrites it."""
+        write_atomic(self.run_dir / "summary.json", json.dumps(self.summary("interrupted"), indent=2))
 
     def resume_from(self, rows: list[dict], extras: dict) -> None:
         """Continue a run from a checkpoint: its rows (metrics.jsonl rewritten to exactly them)."""
