@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from fedcls.data.federated import FederatedData, Site
-from fedcls.data.sources import Dataset
+from fedcls.data.sources import Dataset, read_image_folder
 from fedcls.errors import DataError
 
 SITE_FILE, TENSOR_FILE = "site.json", "data.pt"
@@ -66,24 +66,9 @@ def _label_map(site_classes: list[str], federation: list[str], folder: Path) -> 
 
 
 def _image_folder(root: Path, info: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, federation labels) of an ImageFolder tree, via torchvision's ImageFolder."""
-    from torchvision import datasets, transforms
-
-    channels, height, width = info["shape"]
-    to_tensor = transforms.Compose([
-        transforms.Lambda(lambda img: img.convert("L" if channels == 1 else "RGB")),
-        transforms.Resize((height, width)), transforms.PILToTensor()])
-    try:
-        folder = datasets.ImageFolder(str(root), transform=to_tensor, allow_empty=True)
-    except (FileNotFoundError, OSError) as err:
-        raise DataError(f"{root}: no images in ImageFolder layout (<class>/<image>) ({err})") from None
-    labels = _label_map(folder.classes, info["classes"], root)
-    if not len(folder):
-        return torch.zeros((0, channels, height, width), dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
-    # by file name, then class: a prepared folder's numbered files come back in the site's order
-    order = sorted(range(len(folder)), key=lambda i: (Path(folder.samples[i][0]).name, folder.samples[i][1]))
-    images, site_labels = zip(*(folder[i] for i in order))
-    return torch.stack(images), labels[torch.tensor(site_labels)]
+    """(images, federation labels) of an ImageFolder tree."""
+    images, site_labels, classes = read_image_folder(root, tuple(info["shape"]))
+    return images, _label_map(classes, info["classes"], root)[site_labels]
 
 
 def _tensor_file(path: Path, info: dict) -> tuple[torch.Tensor, ...]:

