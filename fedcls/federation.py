@@ -225,8 +225,11 @@ def _round(grid: SiteOrderedGrid, cfg: dict, rnd: int, arrays: ArrayRecord, stra
             f"round {rnd}: {usable} usable training replies, fewer than faults.min_train_nodes="
             f"{cfg['faults']['min_train_nodes']} (failed sites: {failed}); the run stops here and "
             f"resumes from its last checkpoint with resume=<run folder>")
-    new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
-    arrays = new_arrays if new_arrays is not None else arrays
+    if _examples(replies) > 0:
+        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        arrays = new_arrays if new_arrays is not None else arrays
+    else:  # every client that answered held no data this round (continual): nothing to average
+        train_metrics = None
     config = ConfigRecord({CONFIG_KEY: payload})
     eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
     client_metrics = strategy.aggregate_evaluate(rnd, eval_replies)
@@ -244,6 +247,12 @@ def _round(grid: SiteOrderedGrid, cfg: dict, rnd: int, arrays: ArrayRecord, stra
         "started_at": started_at, **extra,
     })
     return arrays
+
+
+def _examples(replies: list[Message]) -> float:
+    """Training examples behind the usable replies (the weights FedAvg and its kin divide by)."""
+    return sum(float(next(iter(m.content.metric_records.values())).get("num-examples", 0))
+               for m in replies if not m.has_error())
 
 
 def _train_sites(extensions: list, rnd: int) -> set[int] | None:

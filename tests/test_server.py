@@ -109,3 +109,26 @@ def test_failure_reasons_are_shortened_to_the_exception_message():
     failed = SimpleNamespace(has_error=lambda: True, error=error)
     ok = SimpleNamespace(has_error=lambda: False)
     assert _failures([ok, failed]) == ["boom"]
+
+
+def test_a_round_in_which_no_answering_client_holds_data_keeps_the_weights(monkeypatch, tmp_path):
+    """Class-incremental with one class per site: in experiences holding neither site's class
+    both sites train on nothing; FedAvg would divide by zero examples."""
+    from fedcls.cohort.grid import CohortGrid
+    from fedcls.cohort.worker import CohortWorker
+    from fedcls.config import compose
+    from fedcls.federation import run_federation
+    from fedcls.results import Recorder
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+    cfg = compose(["scenario=label_1", "num_clients=2", "model=mlp", "local_epochs=1", "rounds=5",
+                   "continual.kind=class_incremental", "continual.experiences=5",
+                   "continual.rounds_per_experience=1", "fraction_evaluate=0"])
+    recorder = Recorder(tmp_path / "run", cfg, echo=lambda line: None)
+    run_federation(CohortGrid(2, [CohortWorker(per_client=True)]), cfg, recorder)
+    empty = [r for r in recorder.rows if r["train"] == {} and r["round"] > 1]
+    assert empty and all(r["failures"] == [] for r in recorder.rows)
+    for row in empty:  # the weights did not move: the global numbers repeat the round before
+        before = recorder.rows[row["round"] - 2]
+        assert (row["accuracy"], row["loss"]) == (before["accuracy"], before["loss"])
