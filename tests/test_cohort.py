@@ -170,3 +170,40 @@ def test_a_dead_cohort_worker_fails_its_clients_once_then_is_replaced(monkeypatc
     assert sorted(s for s, _ in first["trained"]) == [0, 2] and len(first["faults"]["crashed"]) == 2
     assert "actor died" in first["failures"][0]
     assert sorted(s for s, _ in second["trained"]) == [0, 1, 2, 3] and isinstance(grid.workers[1], CohortWorker)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
+def test_pre_aggregating_in_the_actor_gives_the_strategy_the_same_mean(strategy, monkeypatch, tmp_path):
+    from fedcls.cohort.worker import CohortWorker
+    from fedcls.config import compose
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+    args = [f"strategy={strategy}", "scenario=dirichlet_0.5", "dataset=synthetic", "data.synthetic.num_samples=800",
+            "num_clients=5", "rounds=2", "model=mlp", "local_epochs=1", "fraction_evaluate=0", "backend.cohort_size=3"]
+    plain, plain_rows = federate(compose(args), [CohortWorker()], tmp_path)
+    merged, rows = federate(compose([*args, "backend.pre_aggregate=true"]), [CohortWorker()], tmp_path)
+    for key in plain:
+        torch.testing.assert_close(merged[key], plain[key], atol=1e-6, rtol=1e-5)
+    assert [r["trained"] for r in rows] == [r["trained"] for r in plain_rows]  # every client still counted
+    assert [r["train"]["train_loss"] for r in rows] == pytest.approx([r["train"]["train_loss"] for r in plain_rows])
+
+
+def test_pre_aggregation_sends_one_set_of_weights_per_cohort(monkeypatch):
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    from fedcls.cohort.preaggregate import pre_aggregate
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+    requests = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n + 1, message_type="train")
+                for n in range(3)]
+    replies = [Message(RecordDict({"arrays": ArrayRecord({"w": torch.tensor([float(v)])}),
+                                   "metrics": MetricRecord({"num-examples": n, "train_loss": float(v), "site": float(s)})}),
+                       reply_to=q) for s, (q, v, n) in enumerate(zip(requests, (1, 4, 10), (1, 2, 0)))]
+    out = pre_aggregate(replies, requests)
+    assert out[0].content["arrays"] is out[1].content["arrays"] is out[2].content["arrays"]
+    assert out[0].content["arrays"]["w"].numpy().tolist() == [3.0]  # (1*1 + 2*4) / 3, by hand
+    assert [float(m.content["metrics"]["num-examples"]) for m in out] == [3.0, 0.0, 0.0]
+    assert float(out[0].content["metrics"]["train_loss"]) == 3.0
+    assert [float(m.content["metrics"]["site"]) for m in out] == [0.0, 1.0, 2.0]

@@ -15,6 +15,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.app.error import Error
 
 from fedcls import client_app
+from fedcls.cohort import preaggregate
 from fedcls.cohort.train import CohortClient, cohort_blocker, cohort_update
 
 CLIENT_ERROR = 7  # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
@@ -98,8 +99,14 @@ class CohortWorker:
             results = cohort_update(first.model, clients, cfg["backend"]["precision"], cfg["backend"]["channels_last"])
         except Exception as err:  # noqa: BLE001 - the cohort's clients fail this round together
             return {i: error_reply(job.msg, err) for i, job in ready}
-        return {i: client_app.train_reply(job, result, weights)
-                for (i, job), (weights, result) in zip(ready, results)}
+        replies = [client_app.train_reply(job, result, weights) for (_, job), (weights, result) in zip(ready, results)]
+        if cfg["backend"]["pre_aggregate"]:
+            if preaggregate.eligible(cfg["strategy"]["name"]):
+                replies = preaggregate.pre_aggregate(replies, [job.msg for _, job in ready])
+            else:
+                self.notices.append(f"backend.pre_aggregate is ignored: {cfg['strategy']['name']} does not "
+                                    f"aggregate a weighted mean of the weights")
+        return {i: reply for (i, _), reply in zip(ready, replies)}
 
     @staticmethod
     def _guarded(msg: Message, work) -> Message:
