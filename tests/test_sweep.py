@@ -40,7 +40,7 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr[-2000:]
     done_before = int(again.stdout.split(" already done")[0].rsplit(", ", 1)[1])
-    assert done_before >= 1 and f"3 of 3 runs finished" in again.stdout
+    assert done_before >= 1 and "3 of 3 runs finished" in again.stdout
     assert first.stat().st_mtime_ns == finished_at  # not redone
     for seed in range(3):
         summary = json.loads((tmp_path / "runs" / f"seed-{seed}" / "summary.json").read_text())

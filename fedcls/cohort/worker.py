@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 
-import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.app.error import Error
 
@@ -119,6 +118,3 @@ class CohortWorker:
 def error_reply(msg: Message, err: Exception) -> Message:
     return Message(Error(code=CLIENT_ERROR, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
 
-
-def set_threads(num_cpus: float) -> None:
-    torch.set_num_threads(max(int(num_cpus), 1))
