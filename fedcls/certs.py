@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fedcls.errors import UserError, exit_code_of
+from fedcls.errors import UserError, run_cli
 
 VALID_DAYS = 365
 
@@ -76,14 +76,10 @@ def make_certificates(out: Path, sites: int, hosts: list[str]) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    return exit_code_of(lambda: _main(args))
+    return run_cli(_main, argv, __doc__)
 
 
 def _main(args: list[str]) -> int:
-    if {"-h", "--help"} & set(args):
-        print(__doc__)
-        return 0
     opts = dict(a.split("=", 1) for a in args if "=" in a)
     if unknown := sorted(set(opts) - {"out", "sites", "hosts"}) or [a for a in args if "=" not in a]:
         raise UserError(f"unknown argument {unknown[0]}; use out=<folder> sites=<n> hosts=<name,ip,...>")

@@ -133,24 +133,26 @@ class TrainJob:
 def prepare_train(msg: Message, context: Context) -> TrainJob:
     """Load the global weights into the runtime's model and build the client's hooks and state."""
     cfg, config, runtime = _setup(msg, context)
-    site = site_id(context)
-    seed = round_seed(cfg, int(config["server-round"]), site)
+    site, rnd = site_id(context), int(config["server-round"])
+    seed = round_seed(cfg, rnd, site)
+    torch.manual_seed(seed)
     params = TrainParams(cfg["local_epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"],
                          cfg["weight_decay"], seed)
     inbox = _inbox(msg)
     hooks = _hooks(cfg, msg, inbox)
     local_keys = _load_weights(runtime.model, msg.content["arrays"], hooks)
-    fault = faults.client_side(cfg, int(config["server-round"]), site)  # injected: may raise or sleep
+    fault = faults.client_side(cfg, rnd, site)  # an injected crash raises here
     site_state.restore(context, site)  # a restarted SuperNode: the state from the site's disk
     _restore_checkpointed(cfg, context, site)  # a resumed simulation: the state of its checkpoint
     state = _load_state(context)
     rounds = int(state.pop("fedcls", {}).get("participations", torch.tensor(0))) + 1
-    data, stream, exp = _site_data(cfg, runtime, site, int(config["server-round"]))
+    data, stream, exp = _site_data(cfg, runtime, site, rnd)
     if stream is not None:  # first, so replay's memory is in the data the other hooks see
         from fedcls.continual.client import continual_hooks  # imports Avalanche: only when used
 
         hooks = continual_hooks(cfg, stream, exp, state, inbox) + hooks
-    return TrainJob(msg, context, cfg, int(config["server-round"]), site, runtime.model, data, params, hooks, state, local_keys, rounds, fault)
+    return TrainJob(msg, context, cfg, rnd, site, runtime.model, data, params, hooks, state, local_keys,
+                    rounds, fault)
 
 
 def _restore_checkpointed(cfg: dict, context: Context, site: int) -> None:
@@ -176,11 +178,15 @@ def train_reply(job: TrainJob, result, weights: dict) -> Message:
     return Message(content=content, reply_to=job.msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    job = prepare_train(msg, context)
+def run_job(job: TrainJob) -> Message:
+    """Train one prepared client in the one loop and answer (the model holds the global weights)."""
     result = local_update(job.model, job.data, job.params, job.hooks, job.state)
     return train_reply(job, result, job.model.state_dict())
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return run_job(prepare_train(msg, context))
 
 
 @app.evaluate()

@@ -27,6 +27,16 @@ def unknown_name(kind: str, name: object, valid: list[str], key: str | None = No
     return ConfigError(f"unknown {kind} '{name}'{where}.{hint} Valid: {', '.join(sorted(valid))}.")
 
 
+def run_cli(command: Callable[[list[str]], int], argv: list[str] | None, usage: str) -> int:
+    """A ``python -m fedcls.<tool>`` entry point: ``--help`` prints `usage`; otherwise `command`
+    runs on the arguments, a UserError becoming one line and exit 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(args):
+        print(usage)
+        return 0
+    return exit_code_of(lambda: command(args))
+
+
 def exit_code_of(command: Callable[[], int]) -> int:
     """Run a CLI command; a UserError becomes 'error: ...' on stderr and its exit code."""
     try:

@@ -21,6 +21,7 @@ import math
 import time
 
 import numpy as np
+import torch
 from flwr.app import Message
 
 KINDS = ("drop", "crash", "nan", "straggler")
@@ -57,15 +58,14 @@ def client_side(cfg: dict, rnd: int, site: int) -> str | None:
 
 def poisoned(weights: dict) -> dict:
     """The weights a client with an injected NaN fault returns."""
-    return {k: v.float().fill_(math.nan) if v.is_floating_point() else v for k, v in weights.items()}
+    return {k: torch.full_like(v, math.nan) if v.is_floating_point() else v for k, v in weights.items()}
 
 
 def outgoing(cfg: dict, rnd: int, messages: list[Message], site_of_node: dict[int, int]):
     """(messages to send, dropped sites): the dropped clients' messages are never delivered."""
-    site = {id(m): site_of_node.get(m.metadata.dst_node_id, -1) for m in messages}
-    kept = [m for m in messages if fault_of(cfg, rnd, site[id(m)]) != "drop"]
-    dropped = sorted(site[id(m)] for m in messages if fault_of(cfg, rnd, site[id(m)]) == "drop")
-    return kept, dropped
+    sites = [site_of_node.get(m.metadata.dst_node_id, -1) for m in messages]
+    drop = [fault_of(cfg, rnd, s) == "drop" for s in sites]
+    return [m for m, d in zip(messages, drop) if not d], sorted(s for s, d in zip(sites, drop) if d)
 
 
 def delay_stragglers(cfg: dict, rnd: int, replies: list[Message], site_of_node: dict[int, int],

@@ -206,6 +206,7 @@ def _round(grid: SiteOrderedGrid, cfg: dict, rnd: int, arrays: ArrayRecord, stra
     for ext in extensions:
         ext.before_train(rnd, arrays, grid, ConfigRecord({CONFIG_KEY: payload}))
     grid.active_sites = _train_sites(extensions, rnd)
+    # a fresh ConfigRecord per call: strategies write their own entries into it (FedProx's mu)
     messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({CONFIG_KEY: payload}), grid))
     grid.active_sites = None  # every site may evaluate
     for ext in extensions:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fedcls.errors import UserError, exit_code_of
+from fedcls.errors import UserError, run_cli
 
 FORMATS = ("imagefolder", "tensor")
 
@@ -29,16 +29,13 @@ def _stored(x: torch.Tensor, scale: float) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8) if scale == 255.0 else x.float()
 
 
-def site_images(data, site_id: int) -> tuple[torch.Tensor, ...]:
+def stored_site_images(data, site_id: int) -> tuple[torch.Tensor, ...]:
     """(train_x, train_y, test_x, test_y) of a simulated site, as its own camera would store them."""
-    from fedcls.data.domains import domain_view
+    from fedcls.data.federated import site_images
 
-    site = data.sites[site_id]
-    pool = data.target if site.foreign else data.dataset
-    tr, te = torch.as_tensor(site.train_idx), torch.as_tensor(site.test_idx)
-    view = [_stored(domain_view(data.dataset, pool.train_x[idx], site.domain, [data.seed, part, site_id]),
-                    data.dataset.scale) for part, idx in ((0, tr), (1, te))]
-    return view[0], pool.train_y[tr], view[1], pool.train_y[te]
+    train_x, train_y, test_x, test_y = site_images(data, site_id)
+    scale = data.dataset.scale
+    return _stored(train_x, scale), train_y, _stored(test_x, scale), test_y
 
 
 def _write_png_tree(root: Path, x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> None:
@@ -75,20 +72,16 @@ def prepare(cfg: dict, out: Path, fmt: str) -> list[Path]:
     folders = []
     for s in range(cfg["num_clients"]):
         folder = out / f"site-{s}"
-        write_site(folder, s, site_images(data, s), classes, float(data.sites[s].noise_std), fmt)
+        write_site(folder, s, stored_site_images(data, s), classes, float(data.sites[s].noise_std), fmt)
         folders.append(folder)
     return folders
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    return exit_code_of(lambda: _main(args))
+    return run_cli(_main, argv, __doc__)
 
 
 def _main(args: list[str]) -> int:
-    if {"-h", "--help"} & set(args):
-        print(__doc__)
-        return 0
     opts = dict(a.split("=", 1) for a in args if a.split("=", 1)[0] in ("out", "format"))
     if "out" not in opts:
         raise UserError("name the folder to write: out=<folder> (e.g. out=sites)")

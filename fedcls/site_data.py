@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedcls.data.federated import FederatedData, Site
+from fedcls.data.federated import FederatedData, Site, local_split
 from fedcls.data.sources import Dataset, read_image_folder
 from fedcls.errors import DataError
 
@@ -83,9 +83,10 @@ def _tensor_file(path: Path, info: dict) -> tuple[torch.Tensor, ...]:
 
 
 def _split_local(x, y, fraction: float, seed: int):
-    order = torch.as_tensor(np.random.default_rng([seed, 0x5E57]).permutation(len(y)))
-    n_test = min(int(round(len(y) * fraction)), max(len(y) - 1, 0))
-    return x[order[n_test:]], y[order[n_test:]], x[order[:n_test]], y[order[:n_test]]
+    """The federation's own local train/test split (data.federated.local_split), seeded."""
+    train, test = local_split(np.arange(len(y)), fraction, np.random.default_rng([seed, 0x5E57]))
+    train, test = torch.as_tensor(train), torch.as_tensor(test)
+    return x[train], y[train], x[test], y[test]
 
 
 def read_site_folder(folder: str | Path, info: dict, cfg: dict) -> tuple[torch.Tensor, ...]:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedcls.errors import ConfigError, UserError, exit_code_of
+from fedcls.errors import ConfigError, UserError, run_cli
 
 
 def expand_grid(args: list[str]) -> tuple[dict[str, str], list[str], list[list[str]]]:
@@ -123,11 +123,7 @@ def sweep(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(args):
-        print(__doc__)
-        return 0
-    return exit_code_of(lambda: sweep(args))
+    return run_cli(sweep, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -47,22 +47,17 @@ def cohort_blocker(model: nn.Module, hooks: list) -> str | None:
 
 
 def _schedule(data, params: TrainParams, shape: tuple) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """The client's (batch indices, feature noise) per step, drawn exactly as local_update draws them."""
+    """The client's (batch indices, feature noise) per step, drawn exactly as local_update draws
+    them (on the CPU generator), then moved to the data's device once."""
     gen = torch.Generator().manual_seed(params.seed)
     noisy = bool((data.noise_scale > 0).any())
+    device = data.train_x.device
     steps = []
     for _ in range(params.epochs):
         for idx in batches(len(data.train_y), params.batch_size, gen):
-            steps.append((idx, torch.randn((len(idx), *shape), generator=gen) if noisy else None))
+            noise = torch.randn((len(idx), *shape), generator=gen).to(device) if noisy else None
+            steps.append((idx.to(device), noise))
     return steps
-
-
-class _Shadow:
-    """A TrainContext per client on one shared shadow model, for the hooks' own before/after code."""
-
-    def __init__(self, model: nn.Module, clients: list[CohortClient], global_params: list[torch.Tensor]):
-        self.model = model
-        self.contexts = [TrainContext(model, None, global_params, c.state, c.params, c.data) for c in clients]
 
 
 def _precision(device: torch.device, precision: str):
@@ -79,15 +74,16 @@ def cohort_update(model: nn.Module, clients: list[CohortClient], precision: str 
     names = [n for n, _ in model.named_parameters()]
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     buffers = {n: b for n, b in model.named_buffers()}
-    shadow = _Shadow(model, clients, [start[n] for n in names])
-    for client, ctx in zip(clients, shadow.contexts):
+    # one TrainContext per client on the shared model, for the hooks' own before/after code
+    contexts = [TrainContext(model, None, [start[n] for n in names], c.state, c.params, c.data) for c in clients]
+    for client, ctx in zip(clients, contexts):
         for hook in client.hooks:
             hook.before_training(ctx)
     terms = [[h.cohort_terms() for h in c.hooks] for c in clients]
     mu = torch.tensor([sum(t.get("prox_mu", 0.0) for t in ts) for ts in terms], device=device)
     corrections = [_merged_corrections(ts, names, start) for ts in terms]
-    correction = ({n: torch.stack([c[n] for c in corrections]) for n in names}
-                  if any(c is not None for c in corrections) else None)
+    correction = ({n: torch.stack([c[n] if c is not None else torch.zeros_like(start[n]) for c in corrections])
+                   for n in names} if any(c is not None for c in corrections) else None)
 
     shape = tuple(clients[0].data.train_x.shape[1:])
     schedules = [_schedule(c.data, c.params, shape) for c in clients]
@@ -121,7 +117,7 @@ def cohort_update(model: nn.Module, clients: list[CohortClient], precision: str 
         count = mask.sum(1)
         loss_sum += torch.where(active, loss.detach().float() * count, torch.zeros_like(count))
         seen += count
-    return _results(model, clients, shadow, weights, names, steps, loss_sum, seen)
+    return _results(model, clients, contexts, weights, names, steps, loss_sum, seen)
 
 
 def _merged_corrections(terms: list[dict], names: list[str], like: dict) -> dict | None:
@@ -138,10 +134,9 @@ def _gather(clients, schedules, t: int, batch: int, shape: tuple, device):
         data = client.data
         if t < len(schedule):
             idx, noise = schedule[t]
-            idx = idx.to(data.train_x.device)
             x = data.train_x[idx]
             if noise is not None:  # as training.with_noise
-                x = x + data.noise_scale.view(1, -1, 1, 1) * noise.to(x.device)
+                x = x + data.noise_scale.view(1, -1, 1, 1) * noise
             y, m = data.train_y[idx], torch.ones(len(idx), device=device)
         else:
             x = data.train_x.new_zeros((0, *shape))
@@ -173,10 +168,10 @@ def _sgd_step(weights, grads, momentum_buf, active, p: TrainParams, correction) 
 
 
 @torch.no_grad()
-def _results(model, clients, shadow, weights, names, steps, loss_sum, seen):
+def _results(model, clients, contexts, weights, names, steps, loss_sum, seen):
     out = []
     params = dict(model.named_parameters())
-    for i, (client, ctx) in enumerate(zip(clients, shadow.contexts)):
+    for i, (client, ctx) in enumerate(zip(clients, contexts)):
         for n in names:
             params[n].copy_(weights[n][i])
         ctx.step = steps[i]

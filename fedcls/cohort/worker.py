@@ -12,12 +12,11 @@ import json
 
 from flwr.app import Context, Message, RecordDict
 from flwr.app.error import Error
+from flwr.common.constant import ErrorCode
 
 from fedcls import client_app
 from fedcls.cohort import preaggregate
 from fedcls.cohort.train import CohortClient, cohort_blocker, cohort_update
-
-CLIENT_ERROR = 7  # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
 
 class CohortWorker:
@@ -41,11 +40,11 @@ class CohortWorker:
         for i, (site, msg) in enumerate(items):
             if msg.metadata.message_type != "train" or self.per_client:
                 replies[i] = self._guarded(msg, lambda: self._single(site, msg))
-        for cohort in self._cohorts(train, items):
+        for cohort in self._cohorts(train):
             replies.update(self._train_cohort(cohort))
         return [replies[i] for i in range(len(items))], self.notices
 
-    def _cohorts(self, train: list, items: list) -> list[list]:
+    def _cohorts(self, train: list) -> list[list]:
         if not train:
             return []
         cfg = json.loads(str(train[0][2].content["config"][client_app.CONFIG_KEY]))
@@ -83,11 +82,9 @@ class CohortWorker:
         return replies
 
     def _alone(self, job) -> Message:
-        from fedcls.training import local_update
-
+        # the clients trained before it on this actor moved the shared model: the global weights again
         job.model.load_state_dict(job.msg.content["arrays"].to_torch_state_dict(), strict=False)
-        result = local_update(job.model, job.data, job.params, job.hooks, job.state)
-        return client_app.train_reply(job, result, job.model.state_dict())
+        return client_app.run_job(job)
 
     def _together(self, ready: list) -> dict[int, Message]:
         first = ready[0][1]
@@ -116,5 +113,5 @@ class CohortWorker:
 
 
 def error_reply(msg: Message, err: Exception) -> Message:
-    return Message(Error(code=CLIENT_ERROR, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedcls.data.domains import normalized_view
+from fedcls.data.domains import domain_view
 from fedcls.data.partition import Partition, make_partition
 from fedcls.data.sources import Dataset, load_dataset
 
@@ -52,7 +52,7 @@ def data_key(cfg: dict) -> str:
     return json.dumps({k: cfg[k] for k in DATA_KEYS}, sort_keys=True)
 
 
-def _local_split(idx: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def local_split(idx: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) indices of one site's share."""
     shuffled = rng.permutation(idx)
     n_test = min(int(round(len(idx) * fraction)), max(len(idx) - 1, 0))  # keep one to train on
@@ -78,24 +78,27 @@ def build_federated_data(cfg: dict) -> FederatedData:
     sites = []
     for s in range(n):
         idx, noise = shares[s]
-        train, test = _local_split(idx, cfg["data"]["local_test_fraction"], rng)
+        train, test = local_split(idx, cfg["data"]["local_test_fraction"], rng)
         sites.append(Site(train, test, noise, site_domain(cfg, s), s in foreign))
     return FederatedData(dataset, partition, sites, target, cfg["seed"])
 
 
-def site_view(data: FederatedData, site_id: int, x: torch.Tensor, seed: list[int]) -> torch.Tensor:
-    """Raw images of a site, through its device domain, normalised with the federation's
-    statistics (a target dataset keeps its own look: that is the shift)."""
-    return normalized_view(data.dataset, x, data.sites[site_id].domain, [*seed, site_id])
+def site_images(data: FederatedData, site_id: int) -> tuple[torch.Tensor, ...]:
+    """(train_x, train_y, test_x, test_y) of a site: its images through its device domain, in
+    stored units (a target dataset keeps its own look: that is the shift)."""
+    site = data.sites[site_id]
+    pool = data.target if site.foreign else data.dataset
+    parts = []
+    for part, idx in enumerate((torch.as_tensor(site.train_idx), torch.as_tensor(site.test_idx))):
+        parts += [domain_view(data.dataset, pool.train_x[idx], site.domain, [data.seed, part, site_id]),
+                  pool.train_y[idx]]
+    return tuple(parts)
 
 
 def site_tensors(data: FederatedData, site_id: int, device: torch.device) -> SiteTensors:
-    """Site `site_id`'s data, normalised, on `device`."""
-    site = data.sites[site_id]
-    pool = data.target if site.foreign else data.dataset
-    tr, te = torch.as_tensor(site.train_idx), torch.as_tensor(site.test_idx)
-    scale = (site.noise_std / data.dataset.std).to(device)  # noise is defined on [0, 1] pixels (NIID-Bench)
-    return SiteTensors(site_view(data, site_id, pool.train_x[tr], [data.seed, 0]).to(device),
-                       pool.train_y[tr].to(device),
-                       site_view(data, site_id, pool.train_x[te], [data.seed, 1]).to(device),
-                       pool.train_y[te].to(device), scale)
+    """Site `site_id`'s data, normalised with the federation's statistics, on `device`."""
+    ds = data.dataset
+    train_x, train_y, test_x, test_y = site_images(data, site_id)
+    scale = (data.sites[site_id].noise_std / ds.std).to(device)  # noise is defined on [0, 1] pixels (NIID-Bench)
+    return SiteTensors(ds.normalize(train_x).to(device), train_y.to(device), ds.normalize(test_x).to(device),
+                       test_y.to(device), scale)
