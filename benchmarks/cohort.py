@@ -111,6 +111,10 @@ def main() -> None:
         rows["cohort executor"] = steady(simulated(cfg, "cohort", Path(tmp)))
     if torch.cuda.is_available():
         print(f"peak GPU memory in this process: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    import resource
+
+    print(f"peak resident memory of this process (the driver): "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     base = rows["plain loop"]
     print(f"{'path':<26}{'s/round':>10}{'vs plain':>10}{'vs cohort':>11}")
     for name, value in rows.items():
