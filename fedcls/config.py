@@ -141,6 +141,9 @@ def _unknown_key(dotted: str, cfg: dict) -> ConfigError:
                        "See python -m fedcls.simulate --help for the keys.")
 
 
+CLIENT_LR_NAMES = ("eta_l", "client_lr", "local_lr")
+
+
 def _fill_strategy_defaults(cfg: dict) -> None:
     node = cfg["strategy"]
     name = node.get("name")
@@ -150,6 +153,8 @@ def _fill_strategy_defaults(cfg: dict) -> None:
             close = (difflib.get_close_matches(key, list(module.PARAMS), n=1)
                      or [p for p in module.PARAMS if key in p])
             hint = f" Did you mean 'strategy.{close[0]}'?" if close else ""
+            if key in CLIENT_LR_NAMES:  # the paper's client step size is the run's lr
+                hint = " The clients' learning rate is the run's lr (e.g. lr=0.01)."
             valid = ", ".join(module.PARAMS) or "none"
             raise ConfigError(f"strategy '{name}' has no parameter '{key}'.{hint} "
                               f"Its parameters: {valid}.")

@@ -46,9 +46,25 @@ class Cell:
 
 
 def load_study(study: Path, target: float) -> dict[tuple[str, str], Cell]:
-    """{(strategy, scenario): Cell} from every completed run under study/runs."""
+    """{(strategy, scenario): Cell} from every completed run under study/runs. A strategy whose
+    parameters differ between runs (a tuning study) gets one row per setting: "fedadam (eta=0.01)"."""
+    runs = completed(run_dirs(study))
+    label = strategy_labels([cfg for cfg, _, _ in runs])
     cells: dict[tuple[str, str], Cell] = {}
-    for run_dir in run_dirs(study):
+    for cfg, summary, rows in runs:
+        scenario = str(cfg["scenario"] or cfg["partition"]["kind"])
+        cell = cells.setdefault((label(cfg), scenario), Cell())
+        cell.finals.append(summary["final_accuracy"])
+        cell.curves.append([r["accuracy"] for r in rows])
+        cell.to_target.append(next((r["round"] for r in rows if r["accuracy"] >= target), None))
+        cell.partition = cell.partition or summary.get("partition_counts")
+    return cells
+
+
+def completed(run_dirs_: list[Path]) -> list[tuple[dict, dict, list[dict]]]:
+    """(config, summary, metrics rows) of each completed run."""
+    runs = []
+    for run_dir in run_dirs_:
         summary_path = run_dir / "summary.json"
         if not summary_path.exists():
             continue
@@ -56,14 +72,23 @@ def load_study(study: Path, target: float) -> dict[tuple[str, str], Cell]:
         if summary.get("status") != "completed":
             continue
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        scenario = str(cfg["scenario"] or cfg["partition"]["kind"])
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        cell = cells.setdefault((cfg["strategy"]["name"], scenario), Cell())
-        cell.finals.append(summary["final_accuracy"])
-        cell.curves.append([r["accuracy"] for r in rows])
-        cell.to_target.append(next((r["round"] for r in rows if r["accuracy"] >= target), None))
-        cell.partition = cell.partition or summary.get("partition_counts")
-    return cells
+        runs.append((cfg, summary, rows))
+    return runs
+
+
+def strategy_labels(cfgs: list[dict]):
+    """cfg -> the strategy's name, plus the strategy parameters that vary among its runs."""
+    varied: dict[str, list[str]] = {}
+    for name in {c["strategy"]["name"] for c in cfgs}:
+        same = [c["strategy"] for c in cfgs if c["strategy"]["name"] == name]
+        varied[name] = [k for k in same[0] if k != "name" and len({str(s.get(k)) for s in same}) > 1]
+
+    def label(cfg: dict) -> str:
+        node = cfg["strategy"]
+        extra = ", ".join(f"{k}={node[k]}" for k in varied[node["name"]])
+        return f"{node['name']} ({extra})" if extra else node["name"]
+    return label
 
 
 def run_dirs(study: Path) -> list[Path]:

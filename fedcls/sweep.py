@@ -90,6 +90,16 @@ def run_point(common: list[str], point: list[str], runs_dir: Path) -> tuple[str,
     return ("done" if code == 0 else "failed"), summary
 
 
+def record_study(study: Path, command: str, runs: list[str]) -> None:
+    """study.json: every sweep command that wrote into this study and their runs, in order (a
+    study may be built by several sweeps, e.g. one per strategy when their parameters differ)."""
+    path = study / "study.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    commands = [c for c in old.get("commands", [old["command"]] if "command" in old else []) if c != command]
+    listed = [r for r in old.get("runs", []) if r not in runs] + runs
+    path.write_text(json.dumps({"commands": [*commands, command], "runs": listed}, indent=2))
+
+
 def sweep(args: list[str]) -> int:
     fixed, common, points = expand_grid(args)
     if "name" not in fixed and "output_dir" not in fixed:
@@ -97,8 +107,7 @@ def sweep(args: list[str]) -> int:
     study = Path(fixed.get("output_dir") or Path("results/studies") / fixed["name"])
     runs_dir = study / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    (study / "study.json").write_text(json.dumps({"command": " ".join(["python -m fedcls.sweep", *args]),
-                                                  "runs": [run_id_of(p) for p in points]}, indent=2))
+    record_study(study, " ".join(["python -m fedcls.sweep", *args]), [run_id_of(p) for p in points])
     todo = [p for p in points if not is_finished(runs_dir / run_id_of(p))]
     print(f"sweep {study}: {len(points)} runs, {len(points) - len(todo)} already done", flush=True)
     failed, started = [], time.time()

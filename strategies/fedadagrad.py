@@ -12,4 +12,4 @@ PARAMS = fedopt_params(eta=0.1, betas=None)
 
 
 def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
-    return build_fedopt(FedAdagrad, params, common)
+    return build_fedopt(FedAdagrad, params, common, cfg)

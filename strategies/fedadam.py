@@ -12,4 +12,4 @@ PARAMS = fedopt_params(eta=0.01, betas=(0.9, 0.99))
 
 
 def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
-    return build_fedopt(FedAdam, params, common)
+    return build_fedopt(FedAdam, params, common, cfg)
