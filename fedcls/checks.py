@@ -11,6 +11,7 @@ def _require(ok: bool, message: str) -> None:
 
 
 def check_names(cfg: dict) -> None:
+    from fedcls.data.federated import NORMALIZE
     from fedcls.data.partition import KINDS
     from fedcls.data.sources import SOURCES
     from fedcls.models import MODELS, NORMS
@@ -19,6 +20,7 @@ def check_names(cfg: dict) -> None:
             ("dataset", cfg["dataset"], list(SOURCES), "dataset"),
             ("model", cfg["model"]["name"], list(MODELS), "model"),
             ("normalisation", cfg["model"]["norm"], list(NORMS), "model.norm"),
+            ("input normalisation", cfg["data"]["normalize"], list(NORMALIZE), "data.normalize"),
             ("partition kind", cfg["partition"]["kind"], list(KINDS), "partition.kind"),
             ("device", cfg["device"], ["auto", "cpu", "cuda"], "device"),
             ("executor", cfg["backend"]["executor"], ["clientapp", "cohort"], "backend.executor"),
@@ -44,8 +46,12 @@ def check_ranges(cfg: dict) -> None:
              f"partition.shards_per_client must be >= 1, got {part['shards_per_client']}")
     _require(part["sigma"] >= 0, f"partition.sigma must be >= 0, got {part['sigma']}")
     _require(part["min_size"] >= 1, f"partition.min_size must be >= 1, got {part['min_size']}")
-    for key in ("test_fraction", "local_test_fraction"):
-        _require(0 < data[key] < 1, f"data.{key} must be in (0, 1), got {data[key]}")
+    _require(0 < data["test_fraction"] < 1, f"data.test_fraction must be in (0, 1), got {data['test_fraction']}")
+    _require(0 <= data["local_test_fraction"] < 1, f"data.local_test_fraction must be in [0, 1) "
+             f"(0: all of a site's data trains), got {data['local_test_fraction']}")
+    _require(data["local_test_fraction"] > 0 or not cfg["domain"]["targets"],
+             "data.local_test_fraction=0 leaves the target sites (domain.targets) no labelled test split "
+             "to measure target_accuracy on: set data.local_test_fraction > 0 (e.g. 0.2)")
     syn = data["synthetic"]
     for key in ("num_samples", "num_classes", "channels", "image_size"):
         _require(syn[key] >= 1, f"data.synthetic.{key} must be >= 1, got {syn[key]}")
@@ -117,6 +123,8 @@ def check_continual(cfg: dict) -> None:
         _require(c[key] >= 1, f"continual.{key} must be >= 1, got {c[key]}")
     for key in ("stagger", "late_sites", "ewc_lambda", "ewc_decay"):
         _require(c[key] >= 0, f"continual.{key} must be >= 0, got {c[key]}")
+    _require(0 <= c["ewc_cap"] < 1, f"continual.ewc_cap must be in [0, 1) (a fraction of the EWC penalty's "
+             f"stability bound lr*ewc_lambda*F < 1+momentum; 0: no cap), got {c['ewc_cap']}")
     _require(c["late_sites"] < n, f"continual.late_sites={c['late_sites']} leaves no site to start "
              f"the federation: use at most num_clients-1 = {n - 1}")
     _check_stream(cfg)
@@ -174,6 +182,14 @@ def check_domain_section(cfg: dict) -> None:
     if c["mode"] not in ("target", "pooled"):
         raise unknown_name("CORAL mode", c["mode"], ["target", "pooled"], key="coral.mode")
     _require(c["lambda"] >= 0, f"coral.lambda must be >= 0, got {c['lambda']}")
+    if cfg["data"]["digits_framing"] not in ("full", "mnist"):
+        raise unknown_name("digits framing", cfg["data"]["digits_framing"], ["full", "mnist"],
+                           key="data.digits_framing")
+    if c["loss"] not in ("cosine", "paper"):
+        raise unknown_name("CORAL loss", c["loss"], ["cosine", "paper"], key="coral.loss")
+    if c["target_update"] not in ("added", "averaged"):
+        raise unknown_name("CORAL target update", c["target_update"], ["added", "averaged"],
+                           key="coral.target_update")
     _require(not (c["enabled"] and c["mode"] == "target" and not targets),
              "coral.mode=target needs target sites (domain.targets=[...]) or coral.mode=pooled")
     _require(not (cfg["continual"]["kind"] != "none" and (targets or d["sites"])),

@@ -85,6 +85,32 @@ def delay_stragglers(cfg: dict, rnd: int, replies: list[Message], site_of_node: 
     return [m for m in replies if id(m) not in slow_ids]
 
 
+STEP_WORDS = {"eta", "lr", "learning", "momentum", "mu", "alpha"}  # strategy parameters that set step sizes
+
+
+def divergence_hint(cfg: dict, usable: int, failed: dict) -> str:
+    """When every reply that arrived was non-finite (local training diverged, not a lost site):
+    the settings to lower -- lr, EWC's lambda and cap, the strategy's step sizes and weights."""
+    if usable or not failed.get("non_finite"):
+        return ""
+    hint = (f" Every update that arrived was non-finite: local training diverged. Lower lr (now "
+            f"{cfg['lr']}) or momentum (now {cfg['momentum']})")
+    c = cfg.get("continual", {})
+    if c.get("kind", "none") != "none" and "ewc" in c.get("method", ""):
+        hint += (f"; EWC's penalty is stable only while lr*ewc_lambda*F_j < 1+momentum, and "
+                 f"continual.ewc_cap=0 leaves it uncapped: set continual.ewc_cap=0.5 or lower "
+                 f"continual.ewc_lambda (now {c['ewc_lambda']})" if not c["ewc_cap"] else
+                 f"; or continual.ewc_lambda (now {c['ewc_lambda']}; its penalty is already capped at "
+                 f"continual.ewc_cap={c['ewc_cap']} of its stability bound)")
+    steps = [f"strategy.{k} (now {v})" for k, v in cfg["strategy"].items()
+             if k != "name" and STEP_WORDS & set(k.split("_"))]
+    if cfg.get("coral", {}).get("enabled"):
+        steps.append(f"coral.lambda (now {cfg['coral']['lambda']})")
+    hint += f"; or {', '.join(steps)}" if steps else ""
+    injected = " (faults.nan_prob also injects non-finite updates)" if cfg["faults"]["nan_prob"] else ""
+    return hint + "." + injected
+
+
 def _finite(msg: Message) -> bool:
     for record in msg.content.array_records.values():
         for array in record.values():

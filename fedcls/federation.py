@@ -36,7 +36,12 @@ PER_CLIENT = ("site", "participations", "experience")  # train metrics that make
 
 
 def aggregate_with_spread(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Flower's weighted mean of client metrics, plus the unweighted mean/min/max accuracy."""
+    """Flower's weighted mean of client metrics, plus the unweighted mean/min/max accuracy.
+    Sites without a local test split (data.local_test_fraction=0) measured nothing and are left
+    out; if none measured anything there is no local accuracy (an empty record)."""
+    records = [r for r in records if float(next(iter(r.metric_records.values()))[weight_key]) > 0]
+    if not records:
+        return MetricRecord()
     agg = aggregate_metricrecords(records, weight_key)
     agg.pop("site", None)  # per-site; read by fedcls.domain_eval, meaningless averaged
     accs = [float(next(iter(r.metric_records.values()))["accuracy"]) for r in records]
@@ -225,7 +230,8 @@ def _round(grid: SiteOrderedGrid, cfg: dict, rnd: int, arrays: ArrayRecord, stra
         raise faults.TooFewReplies(
             f"round {rnd}: {usable} usable training replies, fewer than faults.min_train_nodes="
             f"{cfg['faults']['min_train_nodes']} (failed sites: {failed}); the run stops here and "
-            f"resumes from its last checkpoint with resume=<run folder>")
+            f"resumes from its last checkpoint with resume=<run folder>."
+            + faults.divergence_hint(cfg, usable, failed))
     if _examples(replies) > 0:
         new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
         arrays = new_arrays if new_arrays is not None else arrays

@@ -84,19 +84,28 @@ def plot_study_accuracy(cells, strategies: list[str], scenario: str, path: Path)
 
 
 def plot_degradation(cells, strategies, scenarios, degradation, path: Path) -> None:
-    """Grouped bars: points lost against iid, per scenario and strategy."""
+    """Grouped bars: points lost against iid, per scenario and strategy; error bars: the std over
+    seeds of the difference, sqrt(std_scenario^2 + std_iid^2) (seeds drawn independently)."""
     shown = [c for c in scenarios if c != "iid"]
     width = 0.8 / max(len(strategies), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(shown) + 2), 4), constrained_layout=True)
     for i, strategy in enumerate(strategies):
         values = [degradation(cells, strategy, c) for c in shown]
-        ax.bar([j + i * width for j in range(len(shown))], [v or 0 for v in values], width, label=strategy)
+        errors = [difference_std(cells, strategy, c) for c in shown]
+        ax.bar([j + i * width for j in range(len(shown))], [v or 0 for v in values], width, label=strategy,
+               yerr=errors, capsize=2, error_kw={"elinewidth": 0.8})
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shown))], shown, rotation=30, ha="right")
     ax.set(ylabel="accuracy lost vs iid (points)", title="Non-IID degradation")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
     fig.savefig(path, dpi=150)
     plt.close(fig)
+
+
+def difference_std(cells, strategy: str, scenario: str) -> float:
+    """Std over seeds, in points, of a scenario's mean accuracy minus iid's (0 when one is missing)."""
+    pair = [cells.get((strategy, scenario)), cells.get((strategy, "iid"))]
+    return 0.0 if None in pair else 100 * (pair[0].std ** 2 + pair[1].std ** 2) ** 0.5
 
 
 def plot_study(cells, strategies, scenarios, folder: Path, degradation) -> None:

@@ -9,7 +9,8 @@ and optionally ``site.json`` (``{"site": <id>, "noise_std": <float>}``). Class n
 onto the federation's class list, which the server sends with every message, so a site missing a
 class, or listing its classes in another order, still gets the federation's labels. Images are
 converted to the federation's channels and resized to its image size; without ``test/`` the site
-keeps ``data.local_test_fraction`` of its images as its local test set (seeded). Images are read
+keeps ``data.local_test_fraction`` of its images as its local test set (seeded; 0: none, every
+image trains and the site reports no local accuracy). Images are read
 in file-name order (then class), so a prepared folder gives back the simulated site exactly.
 
 ``python -m fedcls.prepare_sites`` writes such folders from any fedcls scenario (each site's share,
@@ -35,7 +36,9 @@ FEDERATION_KEY = "federation"  # entry of the config payload describing the fede
 
 def federation_info(ds: Dataset) -> dict:
     """What a site needs to know of the federation's data: class names, image shape and the
-    normalisation statistics (the server sends it; sites hold only their own images)."""
+    normalisation (the server sends it; sites hold only their own images). ``mean``/``std`` are
+    what inputs are normalised with: the train pool's statistics under data.normalize=standardize,
+    0 and 1 under none (plain [0, 1] pixels), so a site needs no other setting to match."""
     return {"classes": ds.class_names, "shape": list(ds.shape), "mean": ds.mean.tolist(),
             "std": ds.std.tolist(), "scale": ds.scale}
 

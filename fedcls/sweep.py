@@ -68,6 +68,31 @@ def _resumable(run_dir: Path, cfg: dict) -> bool:
         return False
 
 
+def refuse_collisions(common: list[str], points: list[list[str]], runs_dir: Path) -> None:
+    """A finished run whose id this grid reuses but whose config differs in a key this command
+    names (e.g. an earlier sweep of strategy=fedadam strategy.eta=0.01,0.1 and now strategy=fedyogi
+    with the same etas: the run ids name only the swept keys) would be skipped as done: refuse."""
+    import yaml
+
+    from fedcls.config import compose
+    from fedcls.study_tables import flat
+
+    clashes = []
+    for point in points:
+        run_dir = runs_dir / run_id_of(point)
+        if not is_finished(run_dir):
+            continue
+        old, new = flat(yaml.safe_load((run_dir / "config.yaml").read_text())), flat(compose([*common, *point]))
+        named = {arg.split("=", 1)[0].lstrip("+~") for arg in [*common, *point]}
+        if any(old.get(k) != new.get(k) for k in new if k.split(".")[0] in named or k in named):
+            clashes.append(run_id_of(point))
+    if clashes:
+        raise ConfigError(
+            f"{len(clashes)} finished runs of this study ({clashes[0]}, ...) have the ids this grid would use "
+            "but a different config: sweep the key that differs so that it names the runs, e.g. "
+            "strategy=choice(fedyogi), or use another study name")
+
+
 def run_point(common: list[str], point: list[str], runs_dir: Path) -> tuple[str, dict]:
     """Run one grid point; ('done' | 'failed', summary)."""
     from fedcls.config import compose
@@ -108,6 +133,7 @@ def sweep(args: list[str]) -> int:
     runs_dir = study / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     record_study(study, " ".join(["python -m fedcls.sweep", *args]), [run_id_of(p) for p in points])
+    refuse_collisions(common, points, runs_dir)
     todo = [p for p in points if not is_finished(runs_dir / run_id_of(p))]
     print(f"sweep {study}: {len(points)} runs, {len(points) - len(todo)} already done", flush=True)
     failed, started = [], time.time()

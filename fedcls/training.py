@@ -8,7 +8,8 @@ compose; they are called in list order at these points of each step:
     local_keys(model) -> keys            which weights stay at the site (FedBN's BatchNorm)
     before_training(ctx)                 once, after the global weights are loaded; may
                                          replace ctx.data (replay adds its memory)
-    per batch:  forward (ctx.features, ctx.logits) -> loss = CE + sum(h.extra_loss(ctx))
+    per batch:  forward (ctx.features, ctx.logits) -> loss = CE (or params.loss_fn)
+                                                           + sum(h.extra_loss(ctx))
                 backward -> h.after_backward(ctx)   (gradient corrections)
                 optimizer.step -> h.after_step(ctx)
     after_training(ctx) -> metrics       once; may update ctx.state and ctx.outbox
@@ -25,6 +26,7 @@ per-sample indexing and collation dominate a small CNN's step on CPU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +44,10 @@ class TrainParams:
     momentum: float = 0.0
     weight_decay: float = 0.0
     seed: int = 0  # batch order and feature noise for this client and round
+    # (outputs, targets) -> the batch's mean loss; None: cross-entropy. Another loss lets tests
+    # drive the real loop on objectives with known optima (tests/test_quadratic.py); the cohort
+    # executor replays cross-entropy only, so a client with its own loss trains alone
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -99,10 +105,21 @@ class Hook:
 
     def cohort_terms(self) -> dict | None:
         """This hook's per-step math for the cohort executor (fedcls.cohort), read after
-        before_training: ``{"prox_mu": mu}`` (a proximal term) and/or ``{"step_correction":
-        {name: tensor}}`` (subtracted, times lr, from the weights after each step). None: the
+        before_training: ``{"prox_mu": mu}`` (a proximal term) and/or ``{"grad_correction":
+        {name: tensor}}`` (added to each step's gradient before the optimiser's step). None: the
         hook cannot run in a cohort, and its client trains alone."""
         return None
+
+
+def step_weight(steps: float, momentum: float) -> float:
+    """a: how many times the gradient of an average step counts in the displacement of `steps`
+    steps of torch's SGD with heavy-ball momentum rho (no dampening, buffer starting at 0):
+    x - y = lr * sum_t (1 - rho^(steps-t+1)) / (1 - rho) * g_t, so with g_t = g,
+    x - y = lr * a * g, a = (steps - rho (1 - rho^steps) / (1 - rho)) / (1 - rho); = steps at
+    rho = 0 (Wang et al. 2020, FedNova, eq. for ||a_i||_1 with momentum)."""
+    if momentum == 0.0:
+        return float(steps)
+    return (steps - momentum * (1 - momentum ** steps) / (1 - momentum)) / (1 - momentum)
 
 
 def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -147,7 +164,7 @@ def local_update(model: nn.Module, data: SiteTensors, params: TrainParams,
             ctx.inputs = with_noise(data.train_x[idx], data.noise_scale, gen)
             ctx.targets = data.train_y[idx]
             forward(model, ctx)
-            ctx.loss = loss = nn.functional.cross_entropy(ctx.logits, ctx.targets)
+            ctx.loss = loss = (params.loss_fn or nn.functional.cross_entropy)(ctx.logits, ctx.targets)
             total = loss + sum((t for h in hooks if (t := h.extra_loss(ctx)) is not None), 0.0)
             optimizer.zero_grad(set_to_none=True)
             total.backward()

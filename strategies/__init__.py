@@ -33,6 +33,7 @@ class Param:
     help: str
     minimum: float | None = None
     maximum: float | None = None
+    choices: tuple = ()  # the valid values of a string parameter
 
     def check(self, key: str, value: object) -> str | None:
         """Return an error message for an invalid value, else None."""
@@ -45,6 +46,8 @@ class Param:
             ok = isinstance(value, type(self.default))
         if not ok:
             return f"{key} must be {type(self.default).__name__}, got {value!r}"
+        if self.choices and value not in self.choices:
+            return f"{key} must be one of {' | '.join(map(str, self.choices))}, got {value!r}"
         if self.minimum is not None and value < self.minimum:
             return f"{key} must be >= {self.minimum}, got {value}"
         if self.maximum is not None and value > self.maximum:

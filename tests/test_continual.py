@@ -133,7 +133,8 @@ def test_ewc_through_the_plugin_hook_adds_the_penalty_by_hand_and_persists():
 
 
 def test_federated_importances_replace_the_sites_own():
-    cfg, model, stream = _site("continual.method=ewc", "continual.aggregate_importances=true")
+    cfg, model, stream = _site("continual.method=ewc", "continual.aggregate_importances=true",
+                               "continual.ewc_lambda=1")  # 0.5 stays below the cap 0.5 * 1 / (0.1 * 1)
     state = _round(cfg, model, stream, 0, {}).state
     state = _round(cfg, model, stream, 1, state).state
     own = {k: v.data.clone() for k, v in __import__("fedcls.continual.plugins", fromlist=["load"])

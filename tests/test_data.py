@@ -1,3 +1,4 @@
+import re
 import struct
 
 import numpy as np
@@ -119,3 +120,87 @@ def test_imagefolder_without_a_folder_says_what_to_do(tmp_path):
         compose(["dataset=imagefolder"])
     with pytest.raises(DataError, match="has no train/ folder"):
         compose(["dataset=imagefolder", f"data.image_folder={tmp_path}"])
+
+
+def test_normalize_none_feeds_plain_pixels_in_0_1_everywhere():
+    """data.normalize=none (NIID-Bench's MNIST: ToTensor only): every input is stored/255."""
+    cfg = compose(["scenario=noise_0.1", "num_clients=4", "data.normalize=none"])
+    data = build_federated_data(cfg)
+    ds, site = data.dataset, data.sites[3]
+    assert ds.mean.tolist() == [0.0] and ds.std.tolist() == [1.0]  # what federation_info sends
+    tensors = site_tensors(data, 3, torch.device("cpu"))
+    raw = ds.train_x[torch.as_tensor(site.train_idx)]  # the stored uint8 pixels of the source
+    assert torch.equal(tensors.train_x, raw.float() / 255)
+    assert tensors.train_x.min() >= 0 and tensors.train_x.max() <= 1 and tensors.train_x.max() > 0.99
+    assert torch.equal(ds.normalize(ds.test_x), ds.test_x.float() / 255)  # the server's global test set
+    assert tensors.noise_scale.item() == pytest.approx(0.1)  # sigma in [0, 1] pixel units, unscaled
+
+
+def test_standardize_gives_the_train_pool_mean_0_and_std_1():
+    data = build_federated_data(compose(["num_clients=3"]))  # data.normalize=standardize (default)
+    ds = data.dataset
+    pixels = ds.train_x.double() / 255  # hand-computed statistics of the train pool
+    assert ds.mean.item() == pytest.approx(pixels.mean().item(), abs=1e-7)
+    assert ds.std.item() == pytest.approx(pixels.std().item(), abs=1e-7)
+    x = ds.normalize(ds.train_x).double()
+    assert abs(x.mean().item()) < 1e-5 and x.std().item() == pytest.approx(1.0, abs=1e-5)
+    site = site_tensors(data, 0, torch.device("cpu"))
+    expect = (ds.train_x[torch.as_tensor(data.sites[0].train_idx)].float() / 255 - ds.mean) / ds.std
+    assert torch.allclose(site.train_x, expect, atol=1e-6)
+
+
+def test_local_test_fraction_zero_puts_every_sample_in_training():
+    cfg = compose(["scenario=dirichlet_0.5", "num_clients=5", "data.local_test_fraction=0"])
+    data = build_federated_data(cfg)
+    for s, (site, part) in enumerate(zip(data.sites, data.partition.indices)):
+        assert len(site.test_idx) == 0 and site.train_idx.tolist() == sorted(part.tolist())
+        tensors = site_tensors(data, s, torch.device("cpu"))
+        assert tensors.test_x.shape == (0, 1, 28, 28) and len(tensors.train_y) == len(part)
+    assert sum(len(s.train_idx) for s in data.sites) == 4000  # the whole train pool trains
+
+
+@pytest.mark.parametrize("args, words", [
+    (["data.local_test_fraction=1"], "must be in [0, 1)"),
+    (["data.local_test_fraction=-0.1"], "must be in [0, 1)"),
+    (["data.local_test_fraction=0", "domain.targets=[2]"], "no labelled test split"),
+    (["data.normalize=standardise"], "Did you mean 'standardize'"),
+])
+def test_bad_preprocessing_settings_name_the_fix(args, words):
+    from fedcls.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        compose(args)
+
+
+def test_a_run_without_local_test_splits_completes_with_no_local_accuracy(monkeypatch, tmp_path):
+    """local_test_fraction=0 with fraction_evaluate=1: sites answer with 0 examples, the server
+    reports no local accuracy (never 0/0) and the global test accuracy as usual."""
+    from strategy_helpers import identity
+
+    from fedcls.cohort.grid import CohortGrid
+    from fedcls.cohort.worker import CohortWorker
+    from fedcls.federation import run_federation
+    from fedcls.results import Recorder
+
+    identity(monkeypatch)
+    cfg = compose(["num_clients=3", "model=mlp", "local_epochs=1", "rounds=2", "data.local_test_fraction=0",
+                   "data.normalize=none", "fraction_evaluate=1", "checkpoint_every=0"])
+    recorder = Recorder(tmp_path / "run", cfg, echo=lambda line: None)
+    run_federation(CohortGrid(3, [CohortWorker(per_client=True)]), cfg, recorder)
+    assert [r["failures"] for r in recorder.rows] == [[], []]
+    assert all(r["clients"] == {} for r in recorder.rows)
+    assert recorder.rows[-1]["accuracy"] > 0.5, recorder.rows[-1]
+
+
+def test_sites_with_no_test_examples_carry_no_local_accuracy():
+    from flwr.app import MetricRecord, RecordDict
+
+    from fedcls.federation import aggregate_with_spread
+
+    def reply(acc, n):
+        return RecordDict({"metrics": MetricRecord({"accuracy": acc, "loss": 1.0, "num-examples": n})})
+
+    agg = aggregate_with_spread([reply(0.0, 0), reply(0.8, 10), reply(0.6, 30)], "num-examples")
+    assert agg["accuracy"] == pytest.approx(0.65)  # (0.8*10 + 0.6*30) / 40; the empty site is left out
+    assert (agg["accuracy_min"], agg["accuracy_max"]) == (0.6, 0.8)
+    assert dict(aggregate_with_spread([reply(0.0, 0), reply(0.0, 0)], "num-examples")) == {}  # not 0/0

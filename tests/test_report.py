@@ -107,3 +107,49 @@ def test_continual_and_target_tables_average_the_runs_summaries(tmp_path):
     assert "| hospitals | fedavg + CORAL (lambda 10, target) | 50.0 ± 20.0 | 85.0 ± 0.0 | 50.0 ± 0.0 |" in targets
     rows = list(csv.DictReader((tmp_path / "table_targets.csv").open()))
     assert float(rows[0]["target_accuracy_mean"]) == pytest.approx(0.5) and rows[0]["seeds"] == "3"
+
+
+def test_degradation_error_bar_is_the_std_of_the_difference(study):
+    from fedcls.plots import difference_std
+
+    cells = report(study)
+    # fedavg: std over seeds of iid (0.95, 0.93, 0.97) = 0.02, of label_2 (0.7, 0.8, 0.6) = 0.1
+    assert difference_std(cells, "fedavg", "label_2") == pytest.approx(100 * (0.02 ** 2 + 0.1 ** 2) ** 0.5)
+    assert difference_std(cells, "fedavg", "noise_0.1") == 0.0  # no such runs
+
+
+def test_a_tuning_study_gets_a_row_per_setting_and_study_json_keeps_every_sweep(tmp_path):
+    from fedcls.sweep import record_study
+
+    for k, (eta, final) in enumerate([(0.01, 0.9), (0.1, 0.7)]):
+        cfg = compose(["scenario=iid", "strategy=fedadam", f"strategy.eta={eta}"])
+        run_dir = tmp_path / "runs" / f"eta-{eta}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"round": 1, "accuracy": final}) + "\n")
+        (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "final_accuracy": final}))
+        record_study(tmp_path, f"sweep {k}", [f"eta-{eta}"])
+    fake_run(tmp_path, "fedavg", "iid", 0, [0.8])
+    record_study(tmp_path, "sweep 2", ["iid-fedavg-0"])
+    listed = json.loads((tmp_path / "study.json").read_text())
+    assert listed == {"commands": ["sweep 0", "sweep 1", "sweep 2"],
+                      "runs": ["eta-0.01", "eta-0.1", "iid-fedavg-0"]}
+    cells = report(tmp_path)
+    assert {s: round(c.mean, 2) for (s, _), c in cells.items()} == {
+        "fedadam (eta=0.01)": 0.9, "fedadam (eta=0.1)": 0.7, "fedavg": 0.8}
+
+
+def test_a_sweep_refuses_to_skip_finished_runs_of_another_config(tmp_path, capsys):
+    """Run ids name only the swept keys: strategy=fedyogi strategy.eta=0.01 after strategy=fedadam
+    strategy.eta=0.01 in the same study would reuse fedadam's finished run; the sweep refuses."""
+    from fedcls.sweep import main as sweep_main
+    from fedcls.sweep import refuse_collisions
+
+    run_dir = tmp_path / "runs" / "strategy.eta-0.01"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(compose(["strategy=fedadam", "strategy.eta=0.01"])))
+    (run_dir / "summary.json").write_text(json.dumps({"status": "completed"}))
+    refuse_collisions(["strategy=fedadam"], [["strategy.eta=0.01"]], tmp_path / "runs")  # same run: fine
+    args = [f"output_dir={tmp_path}", "strategy=fedyogi", "strategy.eta=0.01,0.1"]
+    assert sweep_main(args) == 2
+    assert "strategy=choice(fedyogi)" in capsys.readouterr().err

@@ -6,16 +6,17 @@ import json
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from strategy_helpers import identity
 
 from fedcls.client_app import CONFIG_KEY, site_id, train
 from fedcls.config import compose
 from fedcls.data.federated import site_tensors
 from fedcls.errors import DataError
 from fedcls.models import build_model
-from fedcls.prepare_sites import main as prepare_main, prepare
+from fedcls.prepare_sites import main as prepare_main
+from fedcls.prepare_sites import prepare
 from fedcls.runtime import federated_data
 from fedcls.site_data import FEDERATION_KEY, federation_info, folder_federated_data
-from strategy_helpers import identity
 
 ARGS = ["scenario=dirichlet_0.5", "num_clients=3", "model=mlp", "local_epochs=1"]
 
@@ -35,6 +36,33 @@ def test_a_prepared_site_folder_holds_exactly_the_simulated_share(tmp_path, fmt)
         deployed = tensors_of_folder(cfg, folders[s], s)
         for key in ("train_x", "train_y", "test_x", "test_y"):
             assert torch.equal(getattr(simulated, key), getattr(deployed, key)), key
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "tensor"])
+def test_plain_pixels_and_no_local_test_split_deploy_as_simulated(tmp_path, fmt):
+    """data.normalize=none and data.local_test_fraction=0: the server's federation_info carries
+    mean 0 / std 1, so a deployed site feeds the same [0, 1] pixels as the simulation."""
+    cfg = compose([*ARGS, "data.normalize=none", "data.local_test_fraction=0"])
+    folders = prepare(cfg, tmp_path, fmt)
+    assert json.loads((folders[1] / "site.json").read_text())["test"] == 0
+    simulated = site_tensors(federated_data(cfg), 1, torch.device("cpu"))
+    deployed = tensors_of_folder(cfg, folders[1], 1)
+    for key in ("train_x", "train_y", "test_x", "test_y"):
+        assert torch.equal(getattr(simulated, key), getattr(deployed, key)), key
+    assert len(deployed.test_y) == 0 and 0 <= deployed.train_x.min() and deployed.train_x.max() <= 1
+    raw = federated_data(cfg).dataset.train_x[torch.as_tensor(federated_data(cfg).sites[1].train_idx)]
+    assert torch.equal(deployed.train_x, raw.float() / 255)
+
+
+def test_a_site_folder_without_test_images_keeps_all_for_training_at_fraction_0(tmp_path):
+    from PIL import Image
+
+    cfg = compose([*ARGS, "data.local_test_fraction=0"])
+    (tmp_path / "train" / "4").mkdir(parents=True)
+    for i in range(5):
+        Image.new("L", (28, 28), 10 * i).save(tmp_path / "train" / "4" / f"{i}.png")
+    data = folder_federated_data(tmp_path, 0, federation_info(federated_data(cfg).dataset), cfg)
+    assert len(data.sites[0].train_idx) == 5 and len(data.sites[0].test_idx) == 0
 
 
 def test_a_site_domain_is_baked_into_the_prepared_images(tmp_path):

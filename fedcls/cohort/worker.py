@@ -71,7 +71,7 @@ class CohortWorker:
                 replies[i] = error_reply(msg, err)
         ready, alone = [], []
         for i, job in jobs:
-            reason = cohort_blocker(job.model, job.hooks)
+            reason = cohort_blocker(job.model, job.hooks, job.params)
             (alone if reason else ready).append((i, job))
             if reason:
                 self.notices.append(f"site {job.site} trains alone: {reason}")

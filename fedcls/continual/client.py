@@ -2,7 +2,8 @@
 
     naive        no hook: the site trains on its current experience only
     ewc          Avalanche's EWCPlugin (Kirkpatrick et al., PNAS 2017): lambda, separate/online
-                 mode, decay; optionally the federation's aggregated importances
+                 mode, decay; optionally the federation's aggregated importances; the penalty's
+                 curvature capped under the momentum-SGD stability bound (ewc.py)
     replay       Avalanche's ExperienceBalancedBuffer memory (replay.py)
     ewc+replay   both
     plus any Avalanche plugin listed in ``continual.plugins`` (plugins.py)
@@ -16,14 +17,12 @@ from __future__ import annotations
 
 import torch
 
+from fedcls.continual.ewc import EXAMPLES, FEDERATED, IMPORTANCE, EWCHook  # noqa: F401 (re-exported)
 from fedcls.continual.plugins import PluginHook, make_plugin
 from fedcls.continual.replay import ReplayHook
 from fedcls.training import Hook, TrainContext
 
 PROGRESS_KEY = "continual"
-IMPORTANCE = "ewc.importance."  # reply records: a site's importances of a finished experience
-FEDERATED = "ewc.federated."    # train-message records: the federation's aggregated importances
-EXAMPLES = "__examples__"
 
 
 def last_trained(state: dict) -> int:
@@ -36,32 +35,6 @@ def new_ewc(c: dict):
 
     online = c["ewc_mode"] == "online"
     return EWCPlugin(c["ewc_lambda"], mode=c["ewc_mode"], decay_factor=c["ewc_decay"] if online else None)
-
-
-class EWCHook(PluginHook):
-    """EWC, optionally regularising toward the federation's importances: a site sends the
-    importances of each experience it finishes (weighted by its examples); the server's
-    weighted mean arrives with later train messages and replaces the site's own."""
-
-    def __init__(self, c: dict, stream, previous: int, current: int, inbox: dict):
-        super().__init__("ewc", lambda: new_ewc(c), stream, previous, current)
-        self.aggregate, self.inbox = c["aggregate_importances"], inbox
-
-    def finish_experience(self, ctx: TrainContext) -> None:
-        super().finish_experience(ctx)
-        imp = self.plugin.importances.get(self.previous)
-        if self.aggregate and imp:
-            n = len(self.view.experience.dataset)
-            ctx.outbox[f"{IMPORTANCE}{self.previous}"] = {
-                **{k: p.data.detach().cpu() for k, p in imp.items()}, EXAMPLES: torch.tensor(float(n))}
-
-    def before_training(self, ctx: TrainContext) -> None:
-        super().before_training(ctx)
-        for name, tensors in self.inbox.items():
-            exp = int(name[len(FEDERATED):]) if name.startswith(FEDERATED) else None
-            if exp is not None and exp in self.plugin.importances:
-                for k, p in self.plugin.importances[exp].items():
-                    p.data = tensors[k].to(p.data.device)
 
 
 class Progress(Hook):
@@ -81,7 +54,7 @@ def continual_hooks(cfg: dict, stream, current: int, state: dict, inbox: dict) -
     methods = c["method"].split("+")
     hooks: list[Hook] = []
     if "ewc" in methods:
-        hooks.append(EWCHook(c, stream, previous, current, inbox))
+        hooks.append(EWCHook(c, lambda: new_ewc(c), stream, previous, current, inbox))
     if "replay" in methods:
         hooks.append(ReplayHook(c["memory_size"], stream, previous, current))
     for i, spec in enumerate(c["plugins"]):

@@ -5,16 +5,28 @@
   accuracy matrix (a row when every site has finished an experience) and the metrics of
   fedcls.continual.metrics, per round in metrics.jsonl and at the end in summary.json;
 - ``aggregate_importances``: the sites' EWC importances of each finished experience,
-  averaged weighted by examples, sent back with every later train message.
+  averaged weighted by examples, sent back with every later train message;
+- EWC's stability: the sites report how close the penalty came to its bound (fedcls.continual.ewc);
+  the first round in which it reaches the bound raises one EWCStabilityWarning.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from flwr.app import ArrayRecord, Message
 
 from fedcls.continual import schedule
-from fedcls.continual.client import EXAMPLES, FEDERATED, IMPORTANCE
+from fedcls.continual.ewc import (
+    CAPPED,
+    EXAMPLES,
+    FEDERATED,
+    IMPORTANCE,
+    RATIO,
+    EWCStabilityWarning,
+    stability_warning,
+)
 from fedcls.continual.metrics import continual_metrics
 from fedcls.continual.streams import class_groups, global_test_sets
 from fedcls.extensions import Extension
@@ -52,6 +64,7 @@ class ContinualServer(Extension):
         self.rows: list[list[float]] = []
         self.importances = ImportanceAverage()
         self.latest: dict = {}
+        self.ewc = {"ewc_stability_max": 0.0, "ewc_capped_max": 0.0}  # over sites and rounds
 
     def train_sites(self, rnd: int) -> set[int]:
         return schedule.active_sites(self.cfg, rnd)
@@ -69,7 +82,21 @@ class ContinualServer(Extension):
             for name in [n for n in m.content.array_records if n.startswith(IMPORTANCE)]:
                 self.importances.add(int(name[len(IMPORTANCE):]), m.content[name].to_torch_state_dict())
                 del m.content[name]
+        self._check_ewc(replies)
         return replies
+
+    def _check_ewc(self, replies: list[Message]) -> None:
+        """Track EWC's stability ratio; warn once, the first time a site reaches the bound."""
+        metrics = [next(iter(m.content.metric_records.values())) for m in replies if not m.has_error()]
+        reached = [(float(r[RATIO]), float(r[CAPPED]), int(r.get("site", -1))) for r in metrics
+                   if RATIO in r and float(r[RATIO]) >= 1]
+        if reached and self.ewc["ewc_stability_max"] < 1:
+            ratio, capped = max(r[0] for r in reached), max(r[1] for r in reached)
+            warnings.warn(stability_warning(self.cfg, ratio, capped, sorted(r[2] for r in reached)),
+                          EWCStabilityWarning, stacklevel=2)
+        for r in metrics:
+            for key, name in (("ewc_stability_max", RATIO), ("ewc_capped_max", CAPPED)):
+                self.ewc[key] = max(self.ewc[key], float(r.get(name, 0.0)))
 
     def after_round(self, rnd: int, arrays: ArrayRecord) -> dict:
         """Per-experience accuracies of the new global model and the metrics so far."""
@@ -91,4 +118,5 @@ class ContinualServer(Extension):
             "classes": (class_groups(self.cfg, federated_data(self.cfg).dataset.num_classes)
                         if c["kind"] == "class_incremental" else None),
             "domains": c["domains"] if c["kind"] == "domain_incremental" else None}}
-        return {**self.latest, **info}
+        ewc = self.ewc if "ewc" in c["method"] else {}
+        return {**self.latest, **info, **ewc}

