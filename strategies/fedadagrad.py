@@ -8,7 +8,7 @@ from flwr.serverapp.strategy import FedAdagrad, Strategy
 
 from strategies._fedopt import build_fedopt, fedopt_params
 
-PARAMS = fedopt_params(eta=0.1, betas=None)
+PARAMS = fedopt_params(eta=0.01, betas=None)  # eta: results/studies/strategy_defaults
 
 
 def build_server(params: dict, common: dict, cfg: dict) -> Strategy:

@@ -8,7 +8,7 @@ from flwr.serverapp.strategy import FedYogi, Strategy
 
 from strategies._fedopt import build_fedopt, fedopt_params
 
-PARAMS = fedopt_params(eta=0.01, betas=(0.9, 0.99))
+PARAMS = fedopt_params(eta=0.03, betas=(0.9, 0.99))  # eta: results/studies/strategy_defaults
 
 
 def build_server(params: dict, common: dict, cfg: dict) -> Strategy:

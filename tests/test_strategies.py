@@ -1,6 +1,7 @@
 """Each strategy's server aggregation and client update on small hand-computed tensors."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -78,6 +79,28 @@ def test_scaffold_client_step_and_option_two_update_by_hand():
     assert torch.allclose(result.outbox[scaffold.DELTA_KEY]["1.weight"], torch.tensor([[-0.8], [0.6]]))
 
 
+@pytest.mark.parametrize("place", ["step", "gradient"])
+def test_scaffold_with_momentum_places_the_correction_and_recovers_the_mean_gradient(place):
+    """2 steps, momentum 0.9, lr 1, d = c - c_i = (-0.2, 0.3). step: each step moves -d outside
+    momentum (push K d = 2d); gradient: d goes through the buffer (push a d, a = 1.9 + 1 = 2.9).
+    Both see the same gradients g1, g2, and option II's c_i+ is their momentum-weighted mean
+    (1.9 g1 + g2) / 2.9 in both."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(1, 2, bias=False))
+    nn.init.zeros_(net[1].weight)
+    c = {"1.weight": torch.tensor([[0.1], [0.2]])}
+    state = {"scaffold": {"1.weight": torch.tensor([[0.3], [-0.1]])}}
+    config = ConfigRecord({scaffold.OPTION_KEY: "II", scaffold.PLACE_KEY: place})
+    hooks = scaffold.client_hooks(config, {scaffold.C_KEY: c})
+    result = local_update(net, one_sample_site([1.0], 0), TrainParams(2, 1, lr=1.0, momentum=0.9), hooks, state)
+    d, g1 = torch.tensor([-0.2, 0.3]), torch.tensor([-0.5, 0.5])
+    q = 1 - torch.sigmoid(torch.tensor(1.5))  # after step 1 w = -(g1 + d) = (0.7, -0.8)
+    g2 = torch.stack([-q, q])
+    push = 2 * d if place == "step" else 2.9 * d
+    assert torch.allclose(net[1].weight.view(-1), -(1.9 * g1 + g2) - push)
+    mean_g = (1.9 * g1 + g2) / 2.9
+    assert torch.allclose(result.state["scaffold"]["1.weight"].view(-1), mean_g)
+
+
 # ---------------------------------------------------------------- FedNova
 
 def test_fednova_step_weight_matches_momentum_sgd():
@@ -97,16 +120,38 @@ def test_fednova_with_equal_tau_is_fedavg(monkeypatch):
     assert np.allclose(arrays(new)["w"], arrays(fedavg)["w"]) and np.allclose(arrays(new)["w"], [2.5, 5.0])
 
 
-def test_fednova_normalises_unequal_local_steps_by_hand(monkeypatch):
+@pytest.mark.parametrize("tau_eff,expected", [("mean", 3.0), ("harmonic", 2.25)])
+def test_fednova_normalises_unequal_local_steps_by_hand(tau_eff, expected, monkeypatch):
     identity(monkeypatch)
-    strategy = fednova.FedNova(momentum=0.0, min_available_nodes=2)
+    strategy = fednova.FedNova(momentum=0.0, tau_eff=tau_eff, min_available_nodes=2)
     strategy.configure_train(1, record(w=[0.0], **{"bn.running_mean": [0.0]}), ConfigRecord(), Nodes(2))
     new, _ = strategy.aggregate_train(1, [
         train_reply({"w": [2.0], "bn.running_mean": [1.0]}, 1, **{"num-steps": 2.0}),
         train_reply({"w": [3.0], "bn.running_mean": [3.0]}, 1, **{"num-steps": 6.0})])
-    # d = 0.5 * (-2/2) + 0.5 * (-3/6) = -0.75; tau_eff = 0.5*2 + 0.5*6 = 4; x = 0 - 4 * d = 3
-    assert arrays(new)["w"].tolist() == [3.0]  # FedAvg would give 2.5
+    # d = 0.5 * (-2/2) + 0.5 * (-3/6) = -0.75; tau_eff: mean 0.5*2 + 0.5*6 = 4, harmonic
+    # 1 / (0.5/2 + 0.5/6) = 3; x = 0 - tau_eff * d = 3 or 2.25 (FedAvg would give 2.5)
+    assert arrays(new)["w"].tolist() == [expected]
     assert arrays(new)["bn.running_mean"].tolist() == [2.0]  # statistics are plainly averaged
+
+
+def test_fednova_skips_a_site_that_took_no_step(monkeypatch):
+    identity(monkeypatch)
+    strategy = fednova.FedNova(momentum=0.9, min_available_nodes=2)
+    strategy.configure_train(1, record(w=[0.0]), ConfigRecord(), Nodes(2))
+    new, _ = strategy.aggregate_train(1, [train_reply({"w": [2.0]}, 5, **{"num-steps": 1.0}),
+                                          train_reply({"w": [0.0]}, 0, **{"num-steps": 0.0})])
+    assert arrays(new)["w"].tolist() == [2.0]  # a_i = 0 would divide by zero
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("fednova", "tau_eff=median", "strategy.tau_eff must be one of harmonic | mean, got 'median'"),
+    ("scaffold", "correction=momentum", "strategy.correction must be one of step | gradient, got 'momentum'"),
+    ("scaffold", "option=III", "strategy.option must be one of I | II, got 'III'"),
+    ("scaffold", "weights=sizes", "strategy.weights must be one of examples | uniform, got 'sizes'"),
+])
+def test_string_strategy_parameters_must_be_known(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compose([f"strategy={key}", f"strategy.{value}"])
 
 
 # ---------------------------------------------------------------- FedDyn

@@ -2,8 +2,8 @@
 clients, with their weights stacked and the gradient vmapped (``torch.func``).
 
 Each client keeps its own batches (the same seeded order and feature noise as the one loop),
-epochs, SGD momentum buffer and weight decay, FedProx's proximal weight and SCAFFOLD's step
-correction; a client with less data finishes at its own step (its later steps are masked).
+epochs, SGD momentum buffer and weight decay, FedProx's proximal weight and SCAFFOLD's gradient
+or step correction; a client with less data finishes at its own step (its later steps are masked).
 Hooks run their ``before_training``/``after_training`` on a shadow copy of the model, so state
 and named tensors (SCAFFOLD's c_i and delta) come from the strategy's own code.
 
@@ -33,8 +33,10 @@ class CohortClient:
     state: dict
 
 
-def cohort_blocker(model: nn.Module, hooks: list) -> str | None:
+def cohort_blocker(model: nn.Module, hooks: list, params: TrainParams | None = None) -> str | None:
     """Why this client cannot train in a cohort (None: it can)."""
+    if params is not None and params.loss_fn is not None:
+        return "its loss is not cross-entropy"
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             return "BatchNorm keeps running statistics"
@@ -81,9 +83,8 @@ def cohort_update(model: nn.Module, clients: list[CohortClient], precision: str 
             hook.before_training(ctx)
     terms = [[h.cohort_terms() for h in c.hooks] for c in clients]
     mu = torch.tensor([sum(t.get("prox_mu", 0.0) for t in ts) for ts in terms], device=device)
-    corrections = [_merged_corrections(ts, names, start) for ts in terms]
-    correction = ({n: torch.stack([c[n] if c is not None else torch.zeros_like(start[n]) for c in corrections])
-                   for n in names} if any(c is not None for c in corrections) else None)
+    correction = {key: _stacked_corrections(terms, key, names, start)
+                  for key in ("grad_correction", "step_correction")}
 
     shape = tuple(clients[0].data.train_x.shape[1:])
     schedules = [_schedule(c.data, c.params, shape) for c in clients]
@@ -120,11 +121,20 @@ def cohort_update(model: nn.Module, clients: list[CohortClient], precision: str 
     return _results(model, clients, contexts, weights, names, steps, loss_sum, seen)
 
 
-def _merged_corrections(terms: list[dict], names: list[str], like: dict) -> dict | None:
-    found = [t["step_correction"] for t in terms if t.get("step_correction") is not None]
+def _merged_corrections(terms: list[dict], key: str, names: list[str], like: dict) -> dict | None:
+    found = [t[key] for t in terms if t.get(key) is not None]
     if not found:
         return None
     return {n: sum(f[n].to(like[n].device) for f in found) for n in names}
+
+
+def _stacked_corrections(terms: list[list[dict]], key: str, names: list[str], like: dict) -> dict | None:
+    """The clients' `key` terms stacked (K, ...) per parameter; None when no client has one."""
+    per_client = [_merged_corrections(ts, key, names, like) for ts in terms]
+    if all(c is None for c in per_client):
+        return None
+    return {n: torch.stack([c[n] if c is not None else torch.zeros_like(like[n]) for c in per_client])
+            for n in names}
 
 
 def _gather(clients, schedules, t: int, batch: int, shape: tuple, device):
@@ -150,11 +160,16 @@ def _gather(clients, schedules, t: int, batch: int, shape: tuple, device):
 
 @torch.no_grad()
 def _sgd_step(weights, grads, momentum_buf, active, p: TrainParams, correction) -> None:
-    """torch.optim.SGD's step (weight decay, momentum without dampening) per client; inactive
-    clients (their data exhausted) keep weights and buffers; then SCAFFOLD's correction."""
+    """SCAFFOLD's grad_correction added to the gradient (as its after_backward does), then
+    torch.optim.SGD's step (weight decay, momentum without dampening) per client, then its
+    step_correction (as its after_step does); inactive clients (their data exhausted) keep weights
+    and buffers."""
+    grad_corr, step_corr = correction["grad_correction"], correction["step_correction"]
     for n, w in weights.items():
         keep = active.view(-1, *[1] * (w.dim() - 1))
         g = grads[n]
+        if grad_corr is not None:
+            g = g + grad_corr[n]
         if p.weight_decay:
             g = g.add(w, alpha=p.weight_decay)
         if momentum_buf is not None:
@@ -162,8 +177,8 @@ def _sgd_step(weights, grads, momentum_buf, active, p: TrainParams, correction) 
             momentum_buf[n] = torch.where(keep, buf, momentum_buf[n])
             g = buf
         new = w.add(g, alpha=-p.lr)
-        if correction is not None:
-            new = new.sub_(p.lr * correction[n])
+        if step_corr is not None:
+            new = new.sub_(step_corr[n], alpha=p.lr)
         weights[n] = torch.where(keep, new, w)
 
 
