@@ -190,6 +190,11 @@ def check_domain_section(cfg: dict) -> None:
     if c["target_update"] not in ("added", "averaged"):
         raise unknown_name("CORAL target update", c["target_update"], ["added", "averaged"],
                            key="coral.target_update")
+    if c["align"] not in ("none", "recolour"):
+        raise unknown_name("CORAL alignment", c["align"], ["none", "recolour"], key="coral.align")
+    _require(c["align"] == "none" or bool(targets),
+             "coral.align=recolour re-colours target sites' features: set domain.targets=[...]")
+    _require(c["recolour_eps"] > 0, f"coral.recolour_eps must be > 0 (e.g. 1.0), got {c['recolour_eps']}")
     _require(not (c["enabled"] and c["mode"] == "target" and not targets),
              "coral.mode=target needs target sites (domain.targets=[...]) or coral.mode=pooled")
     _require(not (cfg["continual"]["kind"] != "none" and (targets or d["sites"])),

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 import strategies
-from fedcls import checkpoint, continual, coral, faults, site_data, site_state
+from fedcls import checkpoint, continual, coral, coral_align, faults, site_data, site_state
 from fedcls.continual.schedule import site_experience
 from fedcls.runtime import get_runtime
 from fedcls.training import TrainParams, evaluate, local_update
@@ -179,8 +179,10 @@ def train_reply(job: TrainJob, result, weights: dict) -> Message:
 
 
 def run_job(job: TrainJob) -> Message:
-    """Train one prepared client in the one loop and answer (the model holds the global weights)."""
-    result = local_update(job.model, job.data, job.params, job.hooks, job.state)
+    """Train one prepared client in the one loop and answer (the model holds the global weights).
+    A target site (domain.targets) never trains on its labels: CORAL's unsupervised update."""
+    update = coral.unsupervised_update if coral.trains_unsupervised(job.cfg, job.site) else local_update
+    result = update(job.model, job.data, job.params, job.hooks, job.state)
     return train_reply(job, result, job.model.state_dict())
 
 
@@ -193,7 +195,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_local(msg: Message, context: Context) -> Message:
     cfg, config, runtime = _setup(msg, context)
     site = site_id(context)
-    hooks = _evaluation_hooks(cfg)
+    hooks = _evaluation_hooks(cfg) + coral_align.evaluation_hooks(cfg, _inbox(msg))
     _load_weights(runtime.model, msg.content["arrays"], hooks)
     data, stream, exp = _site_data(cfg, runtime, site, int(config.get("server-round", 1)))
     for hook in hooks:  # e.g. FedBN puts the site's own BatchNorm back

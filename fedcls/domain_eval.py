@@ -1,7 +1,10 @@
-"""Source and target sites (``domain.targets``): targets never train -- their labels are for
-evaluation only -- and every round records the global model's accuracy at each site and,
-averaged over the target sites weighted by test examples, ``target_accuracy`` (metrics.jsonl
-and summary.json, which also names the sources and targets)."""
+"""Source and target sites (``domain.targets``): targets never train on their labels -- those are
+for evaluation only; with CORAL (``coral.train_targets``) they train on its unsupervised loss
+alone (fedcls.coral); with ``coral.align=recolour`` their features are re-coloured to the sources'
+statistics before the head at evaluation (fedcls.coral_align) -- and every round records the
+global model's accuracy at each site and, averaged over the target sites weighted by test
+examples, ``target_accuracy`` (metrics.jsonl and summary.json, which also names the sources and
+targets)."""
 
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ class DomainEvaluation(Extension):
         self.latest: dict = {}
 
     def train_sites(self, rnd: int) -> set[int] | None:
+        if self.cfg["coral"]["enabled"] and self.cfg["coral"]["train_targets"]:
+            return None  # targets train too, without labels (fedcls.coral.unsupervised_update)
         return set(range(self.cfg["num_clients"])) - set(self.targets)
 
     def after_evaluate(self, rnd: int, replies: list) -> dict:

@@ -22,14 +22,23 @@ def _values(summary: dict) -> dict:
 
 def _setting(cfg: dict) -> str:
     coral = cfg["coral"]
-    return cfg["strategy"]["name"] + (f" + CORAL (lambda {coral['lambda']:g}, {coral['mode']})"
-                                      if coral["enabled"] else "")
+    recolour = f" + recolour (eps {coral['recolour_eps']:g})" if coral.get("align", "none") == "recolour" else ""
+    if not coral["enabled"]:
+        return cfg["strategy"]["name"] + recolour
+    # the defaults unnamed; a run from before these settings: the paper's loss, targets idle
+    extra = [f"{coral['loss']} loss"] if coral.get("loss", "paper") != "paper" else []
+    extra += [] if coral.get("train_targets", False) else ["targets idle"]
+    extra += [] if coral.get("target_update", "added") == "added" else [f"{coral['target_update']} target update"]
+    parts = [f"lambda {coral['lambda']:g}", coral["mode"], *extra]
+    return f"{cfg['strategy']['name']} + CORAL ({', '.join(parts)})" + recolour
 
 
 def write_target_tables(study: Path, run_dirs: list[Path]) -> bool:
     runs = completed_runs(run_dirs, "target_accuracy")
     if not runs:
         return False
-    cells = cells_of(runs, _setting, ("strategy.name", "coral.enabled", "coral.lambda", "coral.mode"), _values)
+    cells = cells_of(runs, _setting, ("strategy.name", "coral.enabled", "coral.lambda", "coral.mode", "coral.loss",
+                                      "coral.train_targets", "coral.target_update", "coral.align",
+                                      "coral.recolour_eps"), _values)
     write_table(study, "table_targets", "Accuracy at the held-out target sites", "setting", cells, HEADERS)
     return True

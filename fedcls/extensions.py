@@ -8,6 +8,8 @@ class does nothing, so an extension overrides only what it needs:
                              asks sites for feature statistics here)
     outgoing(messages)       before the train messages go out (add named records)
     incoming(replies)        before the strategy aggregates (take named records out)
+    outgoing_evaluate(rnd, arrays, messages)  before the evaluate messages go out (CORAL's
+                             closed-form alignment adds the sources' statistics)
     after_evaluate(rnd, replies) -> extra metrics from the sites' evaluation replies
     after_round(rnd, arrays) -> extra per-round metrics for metrics.jsonl
     summary()                -> extra keys for summary.json
@@ -28,6 +30,9 @@ class Extension:
 
     def incoming(self, replies: list) -> list:
         return replies
+
+    def outgoing_evaluate(self, rnd: int, arrays, messages: list) -> list:
+        return messages
 
     def after_evaluate(self, rnd: int, replies: list) -> dict:
         return {}
@@ -55,4 +60,8 @@ def extensions_for(cfg: dict) -> list[Extension]:
         from fedcls.coral import CoralServer
 
         out.append(CoralServer(cfg))
+    if cfg["coral"]["align"] == "recolour":
+        from fedcls.coral_align import RecolourServer
+
+        out.append(RecolourServer(cfg))
     return out

@@ -238,7 +238,10 @@ def _round(grid: SiteOrderedGrid, cfg: dict, rnd: int, arrays: ArrayRecord, stra
     else:  # every client that answered held no data this round (continual): nothing to average
         train_metrics = None
     config = ConfigRecord({CONFIG_KEY: payload})
-    eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid)))
+    eval_messages = list(strategy.configure_evaluate(rnd, arrays, config, grid))
+    for ext in extensions:
+        eval_messages = ext.outgoing_evaluate(rnd, arrays, eval_messages)
+    eval_replies = list(grid.send_and_receive(eval_messages))
     client_metrics = strategy.aggregate_evaluate(rnd, eval_replies)
     loss, accuracy = evaluate_global(arrays)
     extra = {k: v for ext in extensions for k, v in

@@ -101,9 +101,26 @@ def run_dirs(study: Path) -> list[Path]:
 
 def axes(cells: dict) -> tuple[list[str], list[str]]:
     """Strategies and scenarios in order of first appearance; iid first (the reference)."""
-    strategies = list(dict.fromkeys(s for s, _ in cells))
+    labels = list(dict.fromkeys(s for s, _ in cells))
+    first = {name: i for i, name in reversed(list(enumerate(lb.split(" (")[0] for lb in labels)))}
+    strategies = sorted(labels, key=lambda lb: (first[lb.split(" (")[0]], setting_key(lb)))
     scenarios = sorted(dict.fromkeys(c for _, c in cells), key=lambda c: c != "iid")
     return strategies, scenarios
+
+
+def setting_key(label: str) -> list[tuple]:
+    """A tuning row's parameter values, numbers as numbers: "fedadam (eta=0.003)" < "(eta=0.01)"."""
+    if " (" not in label:
+        return []
+    settings = label[label.index(" (") + 2:-1].split(", ")
+    return [number_or_text(setting.split("=", 1)[-1]) for setting in settings]
+
+
+def number_or_text(value: str) -> tuple:
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def degradation(cells: dict, strategy: str, scenario: str) -> float | None:

@@ -21,7 +21,7 @@ from fedcls.training import Hook, TrainContext
 from strategies import Param
 
 PARAMS = {
-    "mu": Param(1.0, "weight mu of the model-contrastive loss", minimum=0.0),
+    "mu": Param(0.1, "weight mu of the model-contrastive loss (results/studies/strategy_defaults)", minimum=0.0),
     "temperature": Param(0.5, "temperature T", minimum=1e-6),
 }
 MU_KEY, TEMP_KEY, STATE_KEY = "moon-mu", "moon-temperature", "moon"

@@ -9,7 +9,7 @@ from fedcls.errors import ConfigError
 def test_every_scenario_file_composes_and_validates(name):
     cfg = compose([f"scenario={name}"])
     assert cfg["scenario"] == name
-    if name in ("digits_shift", "hospitals"):
+    if name in ("digits_shift", "digits_shift_framed", "hospitals"):
         assert cfg["domain"]["targets"] == [4] and cfg["partition"]["kind"] == "iid"
     elif name.startswith("continual_"):
         kinds = {"continual_classes": "class_incremental", "continual_domains": "domain_incremental"}
