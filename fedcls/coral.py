@@ -40,15 +40,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedcls.extensions import Extension
-from fedcls.training import (
-    Hook,
-    LocalResult,
-    TrainContext,
-    TrainParams,
-    batches,
-    forward,
-    with_noise,
-)
+from fedcls.training import Hook, LocalResult, TrainContext, TrainParams, local_update
 
 STATS_RECORD = "coral.stats"  # train-message record: the other side's pooled mean and covariance
 REQUEST = "coral-request"      # query-message config entry asking a site for its statistics
@@ -127,45 +119,38 @@ def trains_unsupervised(cfg: dict, site: int) -> bool:
 
 
 def without_labels(data):
-    """A target site's data with every label (and its test images) removed."""
-    empty = data.train_y[:0]
-    return dataclasses.replace(data, train_y=empty, test_x=data.test_x[:0], test_y=empty)
+    """A target site's data with every label replaced by 0 (never read: the loss ignores them)
+    and its test images removed."""
+    return dataclasses.replace(data, train_y=torch.zeros_like(data.train_y), test_x=data.test_x[:0],
+                               test_y=data.test_y[:0])
+
+
+def no_supervised_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The target's stand-in for the cross-entropy: zero (kept in the graph so that a batch with
+    no CORAL term, a last batch of one image, still backpropagates)."""
+    return (logits * 0).sum()
+
+
+class FreezeSharedBatchNorm(Hook):
+    """A target trains under the federation's BatchNorm statistics (see freeze_shared_batchnorm)."""
+
+    def __init__(self, hooks: list[Hook]):
+        self.hooks = hooks
+
+    def before_training(self, ctx: TrainContext) -> None:
+        freeze_shared_batchnorm(ctx.model, self.hooks)
 
 
 def unsupervised_update(model, data, params: TrainParams, hooks: list[Hook], state: dict) -> LocalResult:
-    """A target site's round: ``training.local_update`` without the cross-entropy -- the hooks'
-    losses alone (CORAL's, and e.g. FedBN's local BatchNorm), on the unlabelled images."""
+    """A target site's round: the one loop (``training.local_update``) on its unlabelled images,
+    with the hooks' losses alone (CORAL's, and e.g. FedBN's local BatchNorm) and no cross-entropy."""
     if not any(isinstance(h, CoralHook) for h in hooks):
         raise RuntimeError("a target site was asked to train without CORAL statistics: targets train "
                            "only with coral.enabled=true (their labels are never trained on)")
-    data = without_labels(data)
-    gen = torch.Generator().manual_seed(params.seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
-                                weight_decay=params.weight_decay)
-    ctx = TrainContext(model, optimizer, [p.detach().clone() for p in model.parameters()], state, params, data)
-    model.train()
-    for hook in hooks:
-        hook.before_training(ctx)
-    freeze_shared_batchnorm(model, hooks)
-    for ctx.epoch in range(params.epochs):
-        for idx in batches(len(ctx.data.train_x), params.batch_size, gen):
-            ctx.inputs = with_noise(ctx.data.train_x[idx.to(ctx.data.train_x.device)], ctx.data.noise_scale, gen)
-            forward(model, ctx)
-            terms = [t for h in hooks if (t := h.extra_loss(ctx)) is not None]
-            if not terms:  # a last batch of one image: no covariance
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            sum(terms).backward()
-            for hook in hooks:
-                hook.after_backward(ctx)
-            optimizer.step()
-            for hook in hooks:
-                hook.after_step(ctx)
-            ctx.step += 1
-    metrics = {"num-steps": float(ctx.step)}
-    for hook in hooks:
-        metrics.update(hook.after_training(ctx))
-    return LocalResult(metrics, ctx.state, ctx.outbox, len(ctx.data.train_x))
+    unsupervised = dataclasses.replace(params, loss_fn=no_supervised_loss)
+    result = local_update(model, without_labels(data), unsupervised, [*hooks, FreezeSharedBatchNorm(hooks)], state)
+    result.metrics.pop("train_loss")  # zero by construction: it would pull the sources' mean down
+    return result
 
 
 def freeze_shared_batchnorm(model, hooks: list[Hook]) -> None:
