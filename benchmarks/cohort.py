@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from fedcls.client_app import round_seed
+from fedcls.algorithms.models import build_model
+from fedcls.algorithms.training import TrainParams, local_update
+from fedcls.apps.client_app import round_seed
 from fedcls.config import compose
-from fedcls.models import build_model
-from fedcls.runtime import federated_data, pick_device, site_tensors
-from fedcls.training import TrainParams, local_update
+from fedcls.data.federated import federated_data, pick_device, site_tensors
 
 WORKLOADS = {  # the issue's: ResNet-18 (GroupNorm), 500 samples per client, 1 epoch, batch 32
     "simple_cnn": ["model=simple_cnn", "dataset=synthetic", "data.synthetic.image_size=28",
@@ -74,7 +74,7 @@ def plain_loop(cfg: dict) -> list[float]:
 
 
 def simulated(cfg: dict, executor: str, out: Path) -> list[float]:
-    from fedcls.runner import run
+    from fedcls.engine.runner import run
 
     run_cfg = {**cfg, "output_dir": str(out), "run_id": executor,
                "backend": {**cfg["backend"], "executor": executor}}

@@ -1,7 +1,7 @@
 """How far the cohort executor's weights drift from the per-client path's in float32 (batched
 and single matrix products round differently; SGD with momentum amplifies it), against float64.
 
-Both paths run in this process through the same round loop (fedcls.federation) on the cohort
+Both paths run in this process through the same round loop (fedcls.apps.federation) on the cohort
 grid: the reference worker sends every message through the ClientApp's own functions, the
 other trains cohorts with vmap. Prints the largest absolute weight difference after each setting.
 
@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedcls.cohort.grid import CohortGrid
-from fedcls.cohort.worker import CohortWorker
+from fedcls.apps.cohort.worker import CohortWorker
+from fedcls.apps.federation import run_federation
 from fedcls.config import compose
-from fedcls.federation import run_federation
-from fedcls.results import Recorder
+from fedcls.engine.cohort_grid import CohortGrid
+from fedcls.outputs.results import Recorder
 
 ARGS = ["scenario=dirichlet_0.5", "num_clients=5", "rounds=1", "model=mlp", "momentum=0.9",
         "weight_decay=0.0005", "fraction_evaluate=0"]

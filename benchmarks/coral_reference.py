@@ -1,5 +1,5 @@
 """Centralised Deep CORAL reference (Sun & Saenko, "Deep CORAL: Correlation Alignment for Deep
-Domain Adaptation", ECCV-W 2016) in plain PyTorch, for the federated CORAL of fedcls.coral.
+Domain Adaptation", ECCV-W 2016) in plain PyTorch, for the federated CORAL of fedcls.algorithms.coral.
 
 It shares with fedcls only the data arrays (each site's normalised train/test tensors of the
 scenario, seed by seed) and the architecture (simple_cnn_bn, rewritten below): no fedcls

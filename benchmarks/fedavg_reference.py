@@ -146,10 +146,10 @@ def fedcls_in_process(cfg: dict, out: Path) -> tuple[list[float], dict]:
     """fedcls's round loop and ClientApp, without Ray: (per-round accuracy, final weights)."""
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedcls.cohort.grid import CohortGrid
-    from fedcls.cohort.worker import CohortWorker
-    from fedcls.federation import run_federation
-    from fedcls.results import Recorder
+    from fedcls.apps.cohort.worker import CohortWorker
+    from fedcls.apps.federation import run_federation
+    from fedcls.engine.cohort_grid import CohortGrid
+    from fedcls.outputs.results import Recorder
 
     saved = {k: getattr(TaskIdentity, k) for k in ("_task_id", "_run_id", "_node_id")}
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0  # the server's identity
@@ -173,9 +173,8 @@ def fedcls_on_ray(args: list[str], out: Path) -> tuple[list[float], dict]:
 
 def run_reference(cfg: dict) -> tuple[list[float], list[dict]]:
     """The reference on fedcls's data for `cfg` (a composed config), from fedcls's initial weights."""
-    from fedcls.data.federated import site_tensors
-    from fedcls.federation import global_evaluator
-    from fedcls.runtime import federated_data
+    from fedcls.apps.federation import global_evaluator
+    from fedcls.data.federated import federated_data, site_tensors
 
     torch.set_num_threads(max(int(cfg["backend"]["num_cpus"]), 1))  # as fedcls's clients run
     data = federated_data(cfg)

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from fedcls.client_app import round_seed
+from fedcls.algorithms.models import build_model
+from fedcls.algorithms.training import TrainParams, evaluate, local_update
+from fedcls.apps.client_app import round_seed
 from fedcls.config import compose
-from fedcls.models import build_model
-from fedcls.runtime import federated_data, site_tensors
-from fedcls.training import TrainParams, evaluate, local_update
+from fedcls.data.federated import federated_data, site_tensors
 
 
 def plain_loop(cfg: dict) -> list[float]:

@@ -11,10 +11,10 @@ def _require(ok: bool, message: str) -> None:
 
 
 def check_names(cfg: dict) -> None:
+    from fedcls.algorithms.models import MODELS, NORMS
     from fedcls.data.federated import NORMALIZE
     from fedcls.data.partition import KINDS
     from fedcls.data.sources import SOURCES
-    from fedcls.models import MODELS, NORMS
 
     for kind, value, valid, key in (
             ("dataset", cfg["dataset"], list(SOURCES), "dataset"),
@@ -128,7 +128,7 @@ def check_continual(cfg: dict) -> None:
     _require(c["late_sites"] < n, f"continual.late_sites={c['late_sites']} leaves no site to start "
              f"the federation: use at most num_clients-1 = {n - 1}")
     _check_stream(cfg)
-    from fedcls.continual.schedule import rounds_needed
+    from fedcls.algorithms.continual.schedule import rounds_needed
 
     need = rounds_needed(cfg)
     _require(cfg["rounds"] >= need,
@@ -139,7 +139,7 @@ def check_continual(cfg: dict) -> None:
     _require(c["join_round"] <= cfg["rounds"],
              f"continual.join_round={c['join_round']} is after the last round ({cfg['rounds']})")
     for spec in c["plugins"]:
-        from fedcls.continual.plugins import make_plugin
+        from fedcls.algorithms.continual.plugins import make_plugin
 
         make_plugin(str(spec))
 

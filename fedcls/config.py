@@ -8,8 +8,8 @@ overrides apply, so their order on the command line does not matter.
 
 from __future__ import annotations
 
-import copy
 import difflib
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import strategies
 from fedcls.errors import ConfigError, unknown_name
 
 DEFAULTS_FILE = Path(__file__).parent / "conf" / "defaults.yaml"
-SCENARIO_DIR = Path(__file__).resolve().parents[1] / "scenarios"
+SCENARIO_DIR = Path(str(resources.files("scenarios")))  # package data: found in a wheel install too
 GROUPS = ("strategy", "model")  # dict nodes chosen by name: `strategy=fedprox` -> strategy.name
 
 
@@ -194,8 +194,3 @@ def _check_types(cfg: dict, defaults: dict, prefix: str = "") -> None:
         elif not isinstance(value, type(default)):
             kind = {int: "an integer", float: "a number", str: "a string", list: "a list"}[type(default)]
             raise ConfigError(f"{dotted} must be {kind}, got {value!r}")
-
-
-def to_yaml(cfg: dict) -> str:
-    """The resolved config as YAML (what --cfg job prints and config.yaml holds)."""
-    return yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False)

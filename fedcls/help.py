@@ -30,13 +30,12 @@ def _strategy_lines(name: str) -> list[str]:
     return lines
 
 
-def help_text() -> str:
+def help_text(usage: str) -> str:
+    """`usage` (the simulate command's docstring), then scenarios, strategies, datasets, models and config keys."""
+    from fedcls.algorithms.models import MODELS
     from fedcls.data.sources import SOURCES
-    from fedcls.models import MODELS
 
-    from fedcls import simulate
-
-    lines = [simulate.__doc__.strip(), "",
+    lines = [usage.strip(), "",
              "Scenarios (scenario=NAME, files in scenarios/; or scenario=path/to/file.yaml):"]
     lines += [_scenario_line(n) for n in scenario_names()]
     lines += ["", "Strategies (strategy=NAME, then strategy.<param>=value):"]

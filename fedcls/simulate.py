@@ -23,9 +23,10 @@ def _main(args: list[str]) -> int:
     if {"-h", "--help"} & set(args):
         from fedcls.help import help_text
 
-        print(help_text())
+        print(help_text(__doc__))
         return 0
-    from fedcls.config import compose, to_yaml
+    from fedcls.config import compose
+    from fedcls.outputs.results import to_yaml
 
     show_cfg = "--cfg" in args
     overrides = [a for a in args if a not in ("--cfg", "job")]
@@ -38,7 +39,7 @@ def _main(args: list[str]) -> int:
     if show_cfg:
         print(to_yaml(cfg), end="")
         return 0
-    from fedcls.runner import run
+    from fedcls.engine.runner import run
 
     return run(cfg)
 
@@ -50,7 +51,7 @@ def _resume(folder: str, others: list[str]) -> int:
     import yaml
 
     from fedcls.config import validate
-    from fedcls.runner import run
+    from fedcls.engine.runner import run
 
     if others:
         raise UserError(f"resume=<run folder> takes the run's own config; drop {others[0]}")

@@ -6,7 +6,7 @@ A strategy module holds both halves of its algorithm and defines:
 - ``build_server(params, common, cfg) -> flwr.serverapp.strategy.Strategy`` -- the server half;
   ``common`` holds the sampling and metric-aggregation keyword arguments every FedAvg takes,
   ``cfg`` the whole run config;
-- optionally ``client_hooks(config, inbox) -> list[fedcls.training.Hook]`` -- the client half,
+- optionally ``client_hooks(config, inbox) -> list[fedcls.algorithms.training.Hook]`` -- the client half,
   hooks into the one local training loop, built from the round's ConfigRecord and the server's
   named tensors (``inbox``: every ArrayRecord of the message besides the weights, as tensors);
 - optionally ``evaluation_hooks() -> list[Hook]`` -- hooks a site applies before evaluating

@@ -18,7 +18,7 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
 
-from fedcls.training import Hook, TrainContext
+from fedcls.algorithms.training import Hook, TrainContext
 
 PARAMS: dict = {}
 STATE_KEY = "fedbn"

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from fedcls.training import Hook, TrainContext
+from fedcls.algorithms.training import Hook, TrainContext
 from strategies import Param
 from strategies._arrays import KeepsGlobal, is_statistic, to_numpy, to_record
 

@@ -3,7 +3,7 @@ Optimization", NeurIPS 2020): normalised averaging.
 
 Client i runs tau_i local steps (sent as the metric "num-steps") of SGD with momentum rho, whose
 accumulated step weight is a_i = (tau_i - rho * (1 - rho^tau_i) / (1 - rho)) / (1 - rho)
-(= tau_i without momentum; fedcls.training.step_weight). The server averages the normalised
+(= tau_i without momentum; fedcls.algorithms.training.step_weight). The server averages the normalised
 updates d_i = (x - y_i) / a_i with weights p_i = n_i / n and steps x <- x - tau_eff * sum p_i d_i.
 The weights p_i fix the direction, hence the objective sum p_i f_i; tau_eff only sets how far the
 server moves along it (the paper's general update, its eq. (4) and Fig. 3). With equal tau_i this
@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from fedcls.training import step_weight
+from fedcls.algorithms.training import step_weight
 from strategies import Param
 from strategies._arrays import (
     KeepsGlobal,

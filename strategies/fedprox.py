@@ -6,11 +6,10 @@ Client half: ``ProximalTerm``, a hook in the one training loop. With mu = 0 the 
 nothing at all, so FedProx(mu=0) computes exactly FedAvg's numbers.
 """
 
-import torch
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedProx, Strategy
 
-from fedcls.training import Hook, TrainContext
+from fedcls.algorithms.training import Hook, StepTerms
 from strategies import Param
 
 PARAMS = {"proximal_mu": Param(0.01, "weight mu of the proximal term", minimum=0.0)}
@@ -21,19 +20,14 @@ def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
 
 
 class ProximalTerm(Hook):
-    """Adds (mu/2) * sum over parameters of ||w - w_global||^2 to the loss (the paper's h_k)."""
+    """(mu/2) * sum over parameters of ||w - w_global||^2 in the loss (the paper's h_k), as a
+    StepTerm: the one step adds it (fedcls.algorithms.training.proximal_term), per client or vmapped."""
 
     def __init__(self, mu: float):
         self.mu = mu
 
-    def extra_loss(self, ctx: TrainContext) -> torch.Tensor | None:
-        if self.mu == 0.0:
-            return None
-        squared = sum(((w - g) ** 2).sum() for w, g in zip(ctx.model.parameters(), ctx.global_params))
-        return 0.5 * self.mu * squared
-
-    def cohort_terms(self) -> dict:
-        return {"prox_mu": self.mu}
+    def step_terms(self) -> StepTerms:
+        return StepTerms(prox_mu=self.mu)
 
 
 def client_hooks(config: ConfigRecord, inbox: dict) -> list[Hook]:

@@ -17,7 +17,7 @@ import torch
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from fedcls.training import Hook, TrainContext
+from fedcls.algorithms.training import Hook, TrainContext
 from strategies import Param
 
 PARAMS = {

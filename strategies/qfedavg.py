@@ -10,7 +10,7 @@ site's training data, which q-FFL's update needs (the mean loss during training 
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import QFedAvg, Strategy
 
-from fedcls.training import Hook, TrainContext, evaluate
+from fedcls.algorithms.training import Hook, TrainContext, evaluate
 from strategies import Param
 
 PARAMS = {"q": Param(0.1, "fairness exponent q (0 weighs all clients by plain FedAvg steps)", minimum=0.0)}

@@ -42,7 +42,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from fedcls.training import Hook, TrainContext, step_weight, with_noise
+from fedcls.algorithms.training import Hook, StepTerms, TrainContext, step_weight, with_noise
 from strategies import Param
 from strategies._arrays import KeepsGlobal, to_numpy, to_record, valid
 
@@ -127,21 +127,13 @@ class ControlVariates(Hook):
         self.ci = {n: self.ci.get(n, zero[n]).to(p.device) for n, p in self.named}
         self.correction = [(p, self.c.get(n, zero[n]).to(p.device) - self.ci[n]) for n, p in self.named]
 
-    @torch.no_grad()
-    def after_backward(self, ctx: TrainContext) -> None:
-        if self.place == "gradient":  # g <- g - c_i + c, then momentum
-            for param, correction in self.correction:
-                if param.grad is not None:
-                    param.grad.add_(correction)
-
-    @torch.no_grad()
-    def after_step(self, ctx: TrainContext) -> None:
-        if self.place == "step":  # y <- y - lr (c - c_i), outside the momentum buffer
-            for param, correction in self.correction:
-                param.sub_(correction, alpha=ctx.params.lr)
-
-    def cohort_terms(self) -> dict:
-        return {f"{self.place}_correction": {n: corr for (n, _), (_, corr) in zip(self.named, self.correction)}}
+    def step_terms(self) -> StepTerms:
+        """c - c_i in every step: added to the gradient (place=gradient: g - c_i + c, then momentum)
+        or, times lr, subtracted after the step, outside the momentum buffer (place=step)."""
+        corrections = {n: corr for (n, _), (_, corr) in zip(self.named, self.correction)}
+        if self.place == "gradient":
+            return StepTerms(grad_correction=corrections)
+        return StepTerms(step_correction=corrections)
 
     def after_training(self, ctx: TrainContext) -> dict[str, float]:
         if ctx.step == 0:  # no data, no step: c_i stays, delta c_i = 0

@@ -3,7 +3,7 @@ no traceback, and nothing is run (types, ranges, unknown names, data folders, ch
 
 import pytest
 
-import fedcls.engine
+import fedcls.engine.simulation
 from fedcls.simulate import main
 
 CASES = [  # (arguments, words the message must contain)
@@ -52,7 +52,8 @@ CASES = [  # (arguments, words the message must contain)
 
 @pytest.fixture
 def folders(tmp_path):
-    from fedcls.config import compose, to_yaml
+    from fedcls.config import compose
+    from fedcls.outputs.results import to_yaml
 
     config = to_yaml(compose(["num_clients=3"]))
     for name in ("run_without_checkpoint", "run_with_corrupt_checkpoint"):
@@ -69,7 +70,7 @@ def test_the_table_has_thirty_cases_or_more():
 
 @pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a)[:40] for a, _ in CASES])
 def test_bad_input_exits_2_with_a_message(args, words, folders, capsys, monkeypatch):
-    monkeypatch.setattr(fedcls.engine, "simulate", lambda *a, **k: pytest.fail("a bad input started a run"))
+    monkeypatch.setattr(fedcls.engine.simulation, "simulate", lambda *a, **k: pytest.fail("a bad input started a run"))
     code = main([a.replace("{tmp}", str(folders)) for a in args])
     err = capsys.readouterr().err
     assert code == 2, err

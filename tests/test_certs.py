@@ -7,7 +7,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedcls.certs import main, make_certificates
+from fedcls.deploy.certs import main, make_certificates
 
 
 def test_the_server_certificate_is_signed_by_the_ca_for_every_host(tmp_path):

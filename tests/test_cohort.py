@@ -6,9 +6,9 @@ import copy
 import pytest
 import torch
 
-from fedcls.cohort.train import CohortClient, cohort_blocker, cohort_update
+from fedcls.algorithms.training import TrainParams, local_update
+from fedcls.apps.cohort.train import CohortClient, cohort_blocker, cohort_update
 from fedcls.data.federated import SiteTensors
-from fedcls.training import TrainParams, local_update
 from strategies.fedprox import ProximalTerm
 from strategies.scaffold import ControlVariates
 
@@ -75,7 +75,7 @@ def test_a_cohort_gives_each_client_its_own_training(kind, momentum, weight_deca
 
 
 def test_models_and_hooks_a_cohort_cannot_run_are_named():
-    from fedcls.training import Hook
+    from fedcls.algorithms.training import Hook
 
     bn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     assert "BatchNorm" in cohort_blocker(bn, [])
@@ -85,9 +85,9 @@ def test_models_and_hooks_a_cohort_cannot_run_are_named():
 
 
 def federate(cfg, workers, tmp_path):
-    from fedcls.cohort.grid import CohortGrid
-    from fedcls.federation import run_federation
-    from fedcls.results import Recorder
+    from fedcls.apps.federation import run_federation
+    from fedcls.engine.cohort_grid import CohortGrid
+    from fedcls.outputs.results import Recorder
 
     recorder = Recorder(tmp_path / f"run{len(list(tmp_path.iterdir()))}", cfg, echo=lambda line: None)
     arrays = run_federation(CohortGrid(cfg["num_clients"], workers, echo=lambda line: None), cfg, recorder)
@@ -96,7 +96,7 @@ def federate(cfg, workers, tmp_path):
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "scaffold", "fednova"])
 def test_two_rounds_in_cohorts_equal_the_per_client_path(strategy, monkeypatch, tmp_path):
-    from fedcls.cohort.worker import CohortWorker
+    from fedcls.apps.cohort.worker import CohortWorker
     from fedcls.config import compose
     from strategy_helpers import identity
 
@@ -118,11 +118,11 @@ def test_two_rounds_in_cohorts_equal_the_per_client_path(strategy, monkeypatch, 
 
 
 def test_clients_a_cohort_cannot_hold_train_alone_with_one_notice(monkeypatch, tmp_path):
-    from fedcls.cohort.grid import CohortGrid
-    from fedcls.cohort.worker import CohortWorker
+    from fedcls.apps.cohort.worker import CohortWorker
+    from fedcls.apps.federation import run_federation
     from fedcls.config import compose
-    from fedcls.federation import run_federation
-    from fedcls.results import Recorder
+    from fedcls.engine.cohort_grid import CohortGrid
+    from fedcls.outputs.results import Recorder
     from strategy_helpers import identity
 
     identity(monkeypatch)
@@ -142,11 +142,11 @@ class DyingWorker:
 
 
 def test_a_dead_cohort_worker_fails_its_clients_once_then_is_replaced(monkeypatch, tmp_path):
-    from fedcls.cohort.grid import CohortGrid
-    from fedcls.cohort.worker import CohortWorker
+    from fedcls.apps.cohort.worker import CohortWorker
+    from fedcls.apps.federation import run_federation
     from fedcls.config import compose
-    from fedcls.federation import run_federation
-    from fedcls.results import Recorder
+    from fedcls.engine.cohort_grid import CohortGrid
+    from fedcls.outputs.results import Recorder
     from strategy_helpers import identity
 
     identity(monkeypatch)
@@ -174,7 +174,7 @@ def test_a_dead_cohort_worker_fails_its_clients_once_then_is_replaced(monkeypatc
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
 def test_pre_aggregating_in_the_actor_gives_the_strategy_the_same_mean(strategy, monkeypatch, tmp_path):
-    from fedcls.cohort.worker import CohortWorker
+    from fedcls.apps.cohort.worker import CohortWorker
     from fedcls.config import compose
     from strategy_helpers import identity
 
@@ -192,7 +192,7 @@ def test_pre_aggregating_in_the_actor_gives_the_strategy_the_same_mean(strategy,
 def test_pre_aggregation_sends_one_set_of_weights_per_cohort(monkeypatch):
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-    from fedcls.cohort.preaggregate import pre_aggregate
+    from fedcls.apps.cohort.preaggregate import pre_aggregate
     from strategy_helpers import identity
 
     identity(monkeypatch)

@@ -3,17 +3,16 @@
 import pytest
 import torch
 
+from fedcls.algorithms.continual import schedule
+from fedcls.algorithms.continual.client import EXAMPLES, FEDERATED, IMPORTANCE, continual_hooks, last_trained
+from fedcls.algorithms.continual.metrics import continual_metrics
+from fedcls.algorithms.continual.server import ImportanceAverage
+from fedcls.algorithms.continual.streams import class_groups, global_test_sets, site_stream
+from fedcls.algorithms.models import build_model
+from fedcls.algorithms.training import TrainParams, local_update
 from fedcls.config import compose
-from fedcls.continual import schedule
-from fedcls.continual.client import (EXAMPLES, FEDERATED, IMPORTANCE, continual_hooks,
-                                     last_trained)
-from fedcls.continual.metrics import continual_metrics
-from fedcls.continual.server import ImportanceAverage
-from fedcls.continual.streams import class_groups, global_test_sets, site_stream
+from fedcls.data.federated import federated_data
 from fedcls.errors import ConfigError
-from fedcls.models import build_model
-from fedcls.runtime import federated_data
-from fedcls.training import TrainParams, local_update
 
 SMALL = ["dataset=synthetic", "data.synthetic.num_samples=600", "model=mlp", "num_clients=3"]
 
@@ -107,7 +106,7 @@ def test_ewc_through_the_plugin_hook_adds_the_penalty_by_hand_and_persists():
     # next round on experience 1: the hook closes experience 0 with the weights it receives
     anchor = {k: p.detach().clone() for k, p in model.named_parameters()}
     hooks = continual_hooks(cfg, stream, 1, first.state, {})
-    from fedcls.training import TrainContext
+    from fedcls.algorithms.training import TrainContext
 
     ctx = TrainContext(model, torch.optim.SGD(model.parameters(), lr=0.1), [], first.state,
                        TrainParams(1, 32, 0.1), stream.tensors[1])
@@ -127,7 +126,7 @@ def test_ewc_through_the_plugin_hook_adds_the_penalty_by_hand_and_persists():
                        for k, p in model.named_parameters())
     assert float(penalty.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     hooks[0].after_training(ctx)
-    from fedcls.continual.plugins import load
+    from fedcls.algorithms.continual.plugins import load
 
     assert set(load(ctx.state["ewc"]).importances) == {0}  # the plugin survives in the state
 
@@ -137,11 +136,11 @@ def test_federated_importances_replace_the_sites_own():
                                "continual.ewc_lambda=1")  # 0.5 stays below the cap 0.5 * 1 / (0.1 * 1)
     state = _round(cfg, model, stream, 0, {}).state
     state = _round(cfg, model, stream, 1, state).state
-    own = {k: v.data.clone() for k, v in __import__("fedcls.continual.plugins", fromlist=["load"])
+    own = {k: v.data.clone() for k, v in __import__("fedcls.algorithms.continual.plugins", fromlist=["load"])
            .load(state["ewc"]).importances[0].items()}
     federated = {k: torch.full_like(v, 0.5) for k, v in own.items()}
     hooks = continual_hooks(cfg, stream, 1, state, {f"{FEDERATED}0": federated})
-    from fedcls.training import TrainContext
+    from fedcls.algorithms.training import TrainContext
 
     ctx = TrainContext(model, torch.optim.SGD(model.parameters(), lr=0.1), [], state,
                        TrainParams(1, 32, 0.1), stream.tensors[1])
@@ -157,7 +156,7 @@ def test_replay_memory_is_balanced_kept_in_state_and_trained_on():
     assert second.metrics["replay_memory"] == 20
     assert second.examples == len(stream.tensors[1].train_y) + 20
     third = _round(cfg, model, stream, 2, second.state)
-    from fedcls.continual.replay import load_buffer
+    from fedcls.algorithms.continual.replay import load_buffer
 
     buffer = load_buffer(third.state["replay"], 20)
     assert [len(b.buffer) for b in buffer.buffer_groups.values()] == [10, 10]

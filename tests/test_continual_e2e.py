@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from fedcls.client_app import round_seed
+from fedcls.algorithms.continual.streams import global_test_sets, site_stream, tensor_dataset
+from fedcls.algorithms.models import build_model
+from fedcls.algorithms.training import batches
+from fedcls.apps.client_app import round_seed
 from fedcls.config import compose
-from fedcls.continual.streams import global_test_sets, site_stream, tensor_dataset
-from fedcls.models import build_model
-from fedcls.runtime import federated_data
-from fedcls.training import batches
+from fedcls.data.federated import federated_data
 
 pytestmark = pytest.mark.e2e
 ANCHOR = ["scenario=continual_classes", "num_clients=1", "partition.kind=iid", "rounds=5",

@@ -3,15 +3,14 @@
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from strategy_helpers import identity
 
+from fedcls.algorithms.coral import CoralHook, coral_loss, covariance, feature_stats, pool
+from fedcls.algorithms.domain_eval import DomainEvaluation
 from fedcls.config import compose
-from fedcls.coral import CoralHook, coral_loss, covariance, feature_stats, pool
 from fedcls.data.domains import apply_domain
-from fedcls.data.federated import site_tensors
-from fedcls.domain_eval import DomainEvaluation
+from fedcls.data.federated import federated_data, site_tensors
 from fedcls.errors import ConfigError
-from fedcls.runtime import federated_data
+from strategy_helpers import identity
 
 
 def test_covariance_and_coral_loss_by_hand():
@@ -129,7 +128,7 @@ def _train_message(node, content=None):
 @pytest.mark.parametrize("mode, train_targets, asked", [
     ("target", True, [0, 1, 2, 3]), ("target", False, [3]), ("pooled", True, [0, 1, 2, 3])])
 def test_coral_server_sends_each_side_the_other_sides_pool(monkeypatch, mode, train_targets, asked):
-    from fedcls.coral import CoralServer
+    from fedcls.algorithms.coral import CoralServer
 
     identity(monkeypatch)
     cfg = compose(["num_clients=4", "domain.targets=[3]", "coral.enabled=true", f"coral.mode={mode}",
@@ -154,7 +153,7 @@ def test_coral_server_sends_each_side_the_other_sides_pool(monkeypatch, mode, tr
 
 
 def test_target_train_loss_is_filled_with_the_sources_weighted_mean(monkeypatch):
-    from fedcls.coral import CoralServer
+    from fedcls.algorithms.coral import CoralServer
 
     identity(monkeypatch)
     server = CoralServer(compose(["num_clients=3", "domain.targets=[2]", "coral.enabled=true",
@@ -170,7 +169,7 @@ def test_target_train_loss_is_filled_with_the_sources_weighted_mean(monkeypatch)
 
 
 def test_cosine_coral_loss_by_hand_and_shrinking_cannot_meet_it():
-    from fedcls.coral import cosine_coral_loss
+    from fedcls.algorithms.coral import cosine_coral_loss
 
     x, target = torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 8.0]]), torch.tensor([[2.0, 0.0], [0.0, 10.0]])
     # C_S = [[4, 6], [6, 12]]: <C_S, C_T> = 8 + 120 = 128, ||C_S|| = sqrt(232), ||C_T|| = sqrt(104)
@@ -185,10 +184,10 @@ def test_cosine_coral_loss_by_hand_and_shrinking_cannot_meet_it():
 
 
 def test_a_target_trains_on_coral_alone_never_on_its_labels():
-    from fedcls.coral import unsupervised_update
+    from fedcls.algorithms.coral import unsupervised_update
+    from fedcls.algorithms.models import build_model
+    from fedcls.algorithms.training import TrainParams
     from fedcls.data.federated import SiteTensors
-    from fedcls.models import build_model
-    from fedcls.training import TrainParams
 
     cfg = compose(["model=simple_cnn"])
     torch.manual_seed(0)
@@ -230,7 +229,7 @@ def test_the_targets_update_adds_to_the_sources_mean_through_flowers_fedavg(monk
     4 + 2 * 8/4 = 8, and FedAvg's (1*1 + 3*5 + 4*8) / 8 = 6 = the sources' mean + the target's step."""
     from flwr.serverapp.strategy import FedAvg
 
-    from fedcls.coral import CoralServer
+    from fedcls.algorithms.coral import CoralServer
 
     identity(monkeypatch)
     server = CoralServer(compose(["num_clients=3", "domain.targets=[2]", "coral.enabled=true"]))

@@ -6,14 +6,20 @@ import math
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+from fedcls.algorithms.coral import covariance, feature_stats
+from fedcls.algorithms.coral_align import (
+    Recolour,
+    RecolourServer,
+    evaluation_hooks,
+    fold_into_head,
+    recolouring,
+)
+from fedcls.algorithms.models import Classifier
+from fedcls.config import compose
+from fedcls.errors import ConfigError
 from strategy_helpers import identity
 from test_coral import StatsGrid, _site_feats
-
-from fedcls.config import compose
-from fedcls.coral import covariance, feature_stats
-from fedcls.coral_align import Recolour, RecolourServer, evaluation_hooks, fold_into_head, recolouring
-from fedcls.errors import ConfigError
-from fedcls.models import Classifier
 
 
 def _stats(mean, cov):
@@ -99,7 +105,7 @@ def test_bad_alignment_settings_name_the_fix(args, message):
 
 
 def test_the_target_table_names_the_alignment():
-    from fedcls.domain_report import _setting
+    from fedcls.studies.domain_report import _setting
 
     assert _setting(compose(["scenario=digits_shift", "coral.align=recolour"])) == "fedavg + recolour (eps 1)"
     assert _setting(compose(["scenario=digits_shift"])) == "fedavg"

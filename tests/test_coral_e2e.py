@@ -1,6 +1,7 @@
 """CORAL end to end: a held-out target site on a real Flower simulation on Ray."""
 
 import pytest
+
 from test_continual_e2e import run
 
 pytestmark = pytest.mark.e2e

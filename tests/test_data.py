@@ -175,12 +175,11 @@ def test_bad_preprocessing_settings_name_the_fix(args, words):
 def test_a_run_without_local_test_splits_completes_with_no_local_accuracy(monkeypatch, tmp_path):
     """local_test_fraction=0 with fraction_evaluate=1: sites answer with 0 examples, the server
     reports no local accuracy (never 0/0) and the global test accuracy as usual."""
+    from fedcls.apps.cohort.worker import CohortWorker
+    from fedcls.apps.federation import run_federation
+    from fedcls.engine.cohort_grid import CohortGrid
+    from fedcls.outputs.results import Recorder
     from strategy_helpers import identity
-
-    from fedcls.cohort.grid import CohortGrid
-    from fedcls.cohort.worker import CohortWorker
-    from fedcls.federation import run_federation
-    from fedcls.results import Recorder
 
     identity(monkeypatch)
     cfg = compose(["num_clients=3", "model=mlp", "local_epochs=1", "rounds=2", "data.local_test_fraction=0",
@@ -195,7 +194,7 @@ def test_a_run_without_local_test_splits_completes_with_no_local_accuracy(monkey
 def test_sites_with_no_test_examples_carry_no_local_accuracy():
     from flwr.app import MetricRecord, RecordDict
 
-    from fedcls.federation import aggregate_with_spread
+    from fedcls.apps.federation import aggregate_with_spread
 
     def reply(acc, n):
         return RecordDict({"metrics": MetricRecord({"accuracy": acc, "loss": 1.0, "num-examples": n})})
@@ -204,3 +203,14 @@ def test_sites_with_no_test_examples_carry_no_local_accuracy():
     assert agg["accuracy"] == pytest.approx(0.65)  # (0.8*10 + 0.6*30) / 40; the empty site is left out
     assert (agg["accuracy_min"], agg["accuracy_max"]) == (0.6, 0.8)
     assert dict(aggregate_with_spread([reply(0.0, 0), reply(0.0, 0)], "num-examples")) == {}  # not 0/0
+
+
+def test_the_per_process_cache_keeps_only_the_most_recently_used():
+    from fedcls.caching import BoundedCache
+
+    cache, built = BoundedCache(size=2), []
+    for key in ["a", "b", "a", "c", "b"]:
+        cache.get_or_build(key, lambda k=key: built.append(k) or k.upper())
+    # "a" was used after "b", so "c" evicted "b"; "b" is then built again and evicts "a"
+    assert built == ["a", "b", "c", "b"]
+    assert list(cache) == ["c", "b"] and cache["b"] == "B"

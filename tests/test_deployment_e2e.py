@@ -83,7 +83,7 @@ def deploy(tmp_path: Path, overrides: str, certs: Path | None = None, intruder: 
            fmt: str = "imagefolder") -> Path:
     """Prepare 3 site folders, start a SuperLink and a SuperNode per site (with TLS and SuperNode
     authentication when `certs`), run `flwr run`, tear down; returns the run folder."""
-    from fedcls.prepare_sites import main as prepare_sites
+    from fedcls.deploy.prepare_sites import main as prepare_sites
 
     assert prepare_sites([f"out={tmp_path / 'sites'}", f"format={fmt}", *overrides.split()]) == 0
     link = free_port()
@@ -130,11 +130,11 @@ def check_run(run: Path) -> list[dict]:
 def simulated_rows(cfg_args: list[str], tmp_path: Path, monkeypatch) -> list[dict]:
     """The same config run in-process through the ClientApp's own functions (the path a Ray
     simulation runs; tests/test_cohort.py and test_e2e.py tie the two together)."""
-    from fedcls.cohort.grid import CohortGrid
-    from fedcls.cohort.worker import CohortWorker
+    from fedcls.apps.cohort.worker import CohortWorker
+    from fedcls.apps.federation import run_federation
     from fedcls.config import compose
-    from fedcls.federation import run_federation
-    from fedcls.results import Recorder
+    from fedcls.engine.cohort_grid import CohortGrid
+    from fedcls.outputs.results import Recorder
     from strategy_helpers import identity
 
     identity(monkeypatch)
@@ -150,7 +150,7 @@ def test_insecure_and_tls_deployments_of_three_sites(tmp_path, monkeypatch):
     fourth, unregistered SuperNode is refused."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from fedcls.certs import main as make_certs
+    from fedcls.deploy.certs import main as make_certs
 
     plain, secure = tmp_path / "insecure", tmp_path / "tls"
     plain.mkdir(), secure.mkdir()

@@ -1,4 +1,4 @@
-"""EWC's stability bound (fedcls.continual.ewc) on a 1-D quadratic, through the real loop and
+"""EWC's stability bound (fedcls.algorithms.continual.ewc) on a 1-D quadratic, through the real loop and
 Avalanche's EWCPlugin: a weight `w` the cross-entropy never sees, so only the penalty
 lambda * F * (w - w*)^2 moves it (curvature 2 lambda F). SGD with momentum rho is stable on it iff
 lr * lambda * F < 1 + rho; the numbers below are the hand-computed iterates of that recurrence."""
@@ -12,18 +12,18 @@ from avalanche.benchmarks.utils.classification_dataset import (
     _make_taskaware_tensor_classification_dataset as tensor_dataset,
 )
 from flwr.app import Message, MetricRecord, RecordDict
-from strategy_helpers import identity
 from torch import nn
 
-from fedcls import faults
+from fedcls.algorithms.continual.client import continual_hooks
+from fedcls.algorithms.continual.ewc import CAPPED, FEDERATED, RATIO, EWCStabilityWarning
+from fedcls.algorithms.continual.server import ContinualServer
+from fedcls.algorithms.continual.streams import SiteStream
+from fedcls.algorithms.training import TrainParams, local_update
+from fedcls.apps import faults
 from fedcls.config import compose
-from fedcls.continual.client import continual_hooks
-from fedcls.continual.ewc import CAPPED, FEDERATED, RATIO, EWCStabilityWarning
-from fedcls.continual.server import ContinualServer
-from fedcls.continual.streams import SiteStream
 from fedcls.data.federated import SiteTensors
 from fedcls.errors import ConfigError
-from fedcls.training import TrainParams, local_update
+from strategy_helpers import identity
 
 N, BATCH, LR = 20, 2, 0.1  # 10 steps per epoch
 

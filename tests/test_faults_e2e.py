@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from fedcls.apps.faults import fault_of
 from fedcls.config import compose
-from fedcls.faults import fault_of
 
 pytestmark = pytest.mark.e2e
 ARGS = ["num_clients=20", "rounds=5", "local_epochs=1", "lr=0.05", "model=mlp", "fraction_evaluate=0",

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
+from fedcls.algorithms.models import MODELS, build_model
 from fedcls.config import compose
-from fedcls.models import MODELS, build_model
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -20,7 +20,7 @@ def test_simple_cnn_is_niid_bench_layout():
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert [c.out_channels for c in convs] == [6, 16]
-    assert [l.out_features for l in linears] == [120, 84, 10]
+    assert [lin.out_features for lin in linears] == [120, 84, 10]
 
 
 def test_resnet18_group_norm_option():

@@ -1,7 +1,7 @@
 """Behaviour, not formulas: SCAFFOLD and FedNova on heterogeneous quadratic site objectives
 f_i(w) = 0.5 (w - b_i)^T A_i (w - b_i), whose optima are known in closed form.
 
-Every round runs the real code: each site trains in fedcls.training.local_update (SGD, with or
+Every round runs the real code: each site trains in fedcls.algorithms.training.local_update (SGD, with or
 without momentum 0.9, batch 1, one epoch over n_i samples: K_i = n_i local steps) with the
 strategy's own client hooks, and the strategy's own server half (build_server) aggregates real
 Flower Messages. K_i differ across sites, as under quantity or Dirichlet skew.
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from strategy_helpers import identity
 from torch import nn
 
 import strategies
+from fedcls.algorithms.training import TrainParams, local_update, step_weight
 from fedcls.data.federated import SiteTensors
-from fedcls.training import TrainParams, local_update, step_weight
+from strategy_helpers import identity
 
 # three sites in 2-D with different curvatures and optima
 A = [np.array([[1.5, 0.3], [0.3, 1.0]]), np.array([[1.0, 0.0], [0.0, 1.6]]), np.array([[1.3, -0.3], [-0.3, 1.2]])]
@@ -58,7 +58,7 @@ class Nodes:
 
 
 def train_site(msg: Message, module, params: TrainParams, n: int, state: dict) -> Message:
-    """A site's answer to a train message, built as the ClientApp builds it (fedcls.client_app)."""
+    """A site's answer to a train message, built as the ClientApp builds it (fedcls.apps.client_app)."""
     inbox = {k: r.to_torch_state_dict() for k, r in msg.content.array_records.items() if k != "arrays"}
     hooks = module.client_hooks(msg.content["config"], inbox) if hasattr(module, "client_hooks") else []
     model = Point()

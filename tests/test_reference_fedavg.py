@@ -32,7 +32,7 @@ def test_two_fedcls_rounds_equal_the_plain_pytorch_reference(scenario, tmp_path)
     for (name, ours), theirs in zip(final.items(), ref_states[-1].values()):
         torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0, msg=name)
     assert accs == ref_accs  # per-round global test accuracy, both rounds
-    from fedcls.federation import global_evaluator
+    from fedcls.apps.federation import global_evaluator
 
     initial = global_evaluator(cfg)[0].to_torch_state_dict()
     moved = max((a - b).abs().max().item() for a, b in zip(final.values(), initial.values()))

@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from fedcls.config import compose
-from fedcls.report import main as report_main
-from fedcls.report import report
-from fedcls.sweep import expand_grid, run_id_of
+from fedcls.studies.report import main as report_main
+from fedcls.studies.report import report
+from fedcls.studies.sweep import expand_grid, run_id_of
 
 
 def fake_run(study, strategy, scenario, seed, curve):
@@ -110,7 +110,7 @@ def test_continual_and_target_tables_average_the_runs_summaries(tmp_path):
 
 
 def test_degradation_error_bar_is_the_std_of_the_difference(study):
-    from fedcls.plots import difference_std
+    from fedcls.outputs.plots import difference_std
 
     cells = report(study)
     # fedavg: std over seeds of iid (0.95, 0.93, 0.97) = 0.02, of label_2 (0.7, 0.8, 0.6) = 0.1
@@ -119,7 +119,7 @@ def test_degradation_error_bar_is_the_std_of_the_difference(study):
 
 
 def test_a_tuning_study_gets_a_row_per_setting_and_study_json_keeps_every_sweep(tmp_path):
-    from fedcls.sweep import record_study
+    from fedcls.studies.sweep import record_study
 
     for k, (eta, final) in enumerate([(0.01, 0.9), (0.1, 0.7)]):
         cfg = compose(["scenario=iid", "strategy=fedadam", f"strategy.eta={eta}"])
@@ -142,8 +142,8 @@ def test_a_tuning_study_gets_a_row_per_setting_and_study_json_keeps_every_sweep(
 def test_a_sweep_refuses_to_skip_finished_runs_of_another_config(tmp_path, capsys):
     """Run ids name only the swept keys: strategy=fedyogi strategy.eta=0.01 after strategy=fedadam
     strategy.eta=0.01 in the same study would reuse fedadam's finished run; the sweep refuses."""
-    from fedcls.sweep import main as sweep_main
-    from fedcls.sweep import refuse_collisions
+    from fedcls.studies.sweep import main as sweep_main
+    from fedcls.studies.sweep import refuse_collisions
 
     run_dir = tmp_path / "runs" / "strategy.eta-0.01"
     run_dir.mkdir(parents=True)

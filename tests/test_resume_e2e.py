@@ -25,11 +25,11 @@ def rows_of(run_dir):
 def uninterrupted_rows(tmp_path, monkeypatch) -> list[dict]:
     """The same config run without interruption, in-process through the ClientApp's functions
     (the Ray simulation's path, to the last digit: tests/test_deployment_e2e.py)."""
-    from fedcls.cohort.grid import CohortGrid
-    from fedcls.cohort.worker import CohortWorker
+    from fedcls.apps.cohort.worker import CohortWorker
+    from fedcls.apps.federation import run_federation
     from fedcls.config import compose
-    from fedcls.federation import run_federation
-    from fedcls.results import Recorder
+    from fedcls.engine.cohort_grid import CohortGrid
+    from fedcls.outputs.results import Recorder
     from strategy_helpers import identity
 
     identity(monkeypatch)

@@ -6,10 +6,16 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedProx
 
+from fedcls.apps.federation import (
+    SiteOrderedGrid,
+    _failures,
+    aggregate_with_spread,
+    build_strategy,
+    check_roster,
+)
 from fedcls.config import compose
 from fedcls.errors import ConfigError
-from fedcls.federation import SiteOrderedGrid, _failures, aggregate_with_spread, build_strategy, check_roster
-from fedcls.results import Recorder, console_line
+from fedcls.outputs.results import Recorder, console_line
 
 
 def reply(acc, n, loss=1.0):
@@ -114,11 +120,11 @@ def test_failure_reasons_are_shortened_to_the_exception_message():
 def test_a_round_in_which_no_answering_client_holds_data_keeps_the_weights(monkeypatch, tmp_path):
     """Class-incremental with one class per site: in experiences holding neither site's class
     both sites train on nothing; FedAvg would divide by zero examples."""
-    from fedcls.cohort.grid import CohortGrid
-    from fedcls.cohort.worker import CohortWorker
+    from fedcls.apps.cohort.worker import CohortWorker
+    from fedcls.apps.federation import run_federation
     from fedcls.config import compose
-    from fedcls.federation import run_federation
-    from fedcls.results import Recorder
+    from fedcls.engine.cohort_grid import CohortGrid
+    from fedcls.outputs.results import Recorder
     from strategy_helpers import identity
 
     identity(monkeypatch)

@@ -6,17 +6,16 @@ import json
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from strategy_helpers import identity
 
-from fedcls.client_app import CONFIG_KEY, site_id, train
+from fedcls.algorithms.models import build_model
+from fedcls.apps.client_app import CONFIG_KEY, site_id, train
 from fedcls.config import compose
-from fedcls.data.federated import site_tensors
+from fedcls.data.federated import federated_data, site_tensors
+from fedcls.data.site_folders import FEDERATION_KEY, federation_info, folder_federated_data
+from fedcls.deploy.prepare_sites import main as prepare_main
+from fedcls.deploy.prepare_sites import prepare
 from fedcls.errors import DataError
-from fedcls.models import build_model
-from fedcls.prepare_sites import main as prepare_main
-from fedcls.prepare_sites import prepare
-from fedcls.runtime import federated_data
-from fedcls.site_data import FEDERATION_KEY, federation_info, folder_federated_data
+from strategy_helpers import identity
 
 ARGS = ["scenario=dirichlet_0.5", "num_clients=3", "model=mlp", "local_epochs=1"]
 

@@ -5,10 +5,10 @@ import json
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from fedcls.client_app import CONFIG_KEY, train
+from fedcls.algorithms.models import build_model
+from fedcls.apps.client_app import CONFIG_KEY, train
 from fedcls.config import compose
-from fedcls.models import build_model
-from fedcls.runtime import federated_data
+from fedcls.data.federated import federated_data
 from strategy_helpers import identity
 
 ARGS = ["strategy=scaffold", "dataset=synthetic", "data.synthetic.num_samples=300", "model=mlp",

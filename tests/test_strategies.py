@@ -11,12 +11,12 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from torch import nn
 
 import strategies
+from fedcls.algorithms.models import build_model
+from fedcls.algorithms.training import TrainContext, TrainParams, local_update
+from fedcls.apps.federation import build_strategy
 from fedcls.config import compose
 from fedcls.data.federated import SiteTensors
 from fedcls.errors import ConfigError
-from fedcls.federation import build_strategy
-from fedcls.models import build_model
-from fedcls.training import TrainContext, TrainParams, local_update
 from strategies import fedbn, feddyn, fednova, moon, qfedavg, scaffold
 from strategy_helpers import identity, record, train_reply
 

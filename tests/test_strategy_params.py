@@ -6,9 +6,9 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord
 
 import strategies
-from fedcls.cohort.grid import CohortGrid
+from fedcls.apps.federation import build_strategy
 from fedcls.config import compose
-from fedcls.federation import build_strategy
+from fedcls.engine.cohort_grid import CohortGrid
 from strategy_helpers import identity, record, train_reply
 
 CLIENTS = 7  # Bulyan needs 4f+3 replies for f=1

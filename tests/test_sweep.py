@@ -50,8 +50,9 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
 def test_an_interrupted_sweep_run_continues_only_with_its_own_config_and_a_good_checkpoint(tmp_path):
     import torch
 
-    from fedcls.config import compose, to_yaml
-    from fedcls.sweep import _resumable
+    from fedcls.config import compose
+    from fedcls.outputs.results import to_yaml
+    from fedcls.studies.sweep import _resumable
 
     cfg = compose(["num_clients=3"])
     (tmp_path / "config.yaml").write_text(to_yaml(cfg))

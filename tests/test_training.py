@@ -1,8 +1,17 @@
+import pytest
 import torch
 from torch import nn
 
+from fedcls.algorithms.training import (
+    Hook,
+    TrainContext,
+    TrainParams,
+    evaluate,
+    local_update,
+    proximal_term,
+    sgd_step,
+)
 from fedcls.data.federated import SiteTensors
-from fedcls.training import Hook, TrainContext, TrainParams, evaluate, local_update
 from strategies.fedprox import ProximalTerm, client_hooks
 
 
@@ -27,13 +36,54 @@ def test_proximal_term_matches_hand_computation():
     model = nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, 2.0]]))
-    ctx = context_for(model, [torch.tensor([[0.0, 0.5]])])
-    term = ProximalTerm(mu=0.5).extra_loss(ctx)
+    assert ProximalTerm(mu=0.5).step_terms().prox_mu == 0.5
+    term = proximal_term(model.parameters(), [torch.tensor([[0.0, 0.5]])], 0.5)
     # (mu/2) * ||w - g||^2 = 0.25 * (1^2 + 1.5^2) = 0.8125
     assert term.item() == 0.8125
     term.backward()
     # gradient mu * (w - g) = 0.5 * [1, 1.5]
     assert torch.equal(model.weight.grad, torch.tensor([[0.5, 0.75]]))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_step_is_torch_sgd_bit_for_bit(momentum, weight_decay):
+    """The one step (which the cohort executor applies to stacked clients) equals torch.optim.SGD."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    x, y = torch.randn(16, 1, 2, 2), torch.randint(0, 2, (16,))
+    start = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=momentum, weight_decay=weight_decay)
+    for _ in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    reference = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p, s in zip(model.parameters(), start):
+            p.copy_(s)
+    buffers = [None] * len(start)
+    for _ in range(4):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        for i, p in enumerate(model.parameters()):
+            new, buffers[i] = sgd_step(p, p.grad, buffers[i], 0.05, momentum, weight_decay)
+            with torch.no_grad():
+                p.copy_(new)
+    assert all(torch.equal(a, b) for a, b in zip(reference, model.parameters()))
+
+
+def test_sgd_step_corrections_by_hand():
+    w, g = torch.tensor([1.0]), torch.tensor([2.0])
+    # gradient correction before momentum: d = 2 + 1 = 3, w = 1 - 0.1 * 3
+    new, buf = sgd_step(w, g, None, 0.1, 0.9, 0.0, grad_correction=torch.tensor([1.0]))
+    assert torch.allclose(new, torch.tensor([0.7])) and torch.equal(buf, torch.tensor([3.0]))
+    # step correction outside momentum: w = 1 - 0.1 * 2 - 0.1 * 1; the buffer holds only g
+    new, buf = sgd_step(w, g, None, 0.1, 0.9, 0.0, step_correction=torch.tensor([1.0]))
+    assert torch.allclose(new, torch.tensor([0.7])) and torch.equal(buf, torch.tensor([2.0]))
+    # a parameter without a gradient only takes the step correction
+    new, buf = sgd_step(w, None, None, 0.1, 0.9, 0.0, step_correction=torch.tensor([1.0]))
+    assert torch.allclose(new, torch.tensor([0.9])) and buf is None
 
 
 def test_two_fedprox_sgd_steps_by_hand():

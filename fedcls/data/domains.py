@@ -30,7 +30,6 @@ import torch
 from fedcls.errors import ConfigError, unknown_name
 
 
-
 def _tv():
     """torchvision's tensor transforms, imported on first use (the import costs ~2 s in every
     Ray actor and every deployed ClientApp process, most of which never transform an image)."""
@@ -128,3 +127,9 @@ def domain_view(ds, x: torch.Tensor, spec: str, seed_parts: list[int]) -> torch.
 def normalized_view(ds, x: torch.Tensor, spec: str, seed_parts: list[int]) -> torch.Tensor:
     """Stored images of dataset `ds` through domain `spec`, normalised with `ds`'s statistics."""
     return ds.normalize(domain_view(ds, x, spec, seed_parts))
+
+
+def site_domain(cfg: dict, site: int) -> str:
+    """Site `site`'s device domain (identity when domain.sites is empty)."""
+    specs = cfg["domain"]["sites"]
+    return str(specs[site % len(specs)]) if specs else "identity"

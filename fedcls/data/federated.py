@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from fedcls.data.domains import domain_view
+from fedcls.caching import BoundedCache
+from fedcls.data.domains import domain_view, site_domain
 from fedcls.data.partition import Partition, make_partition
 from fedcls.data.sources import Dataset, load_dataset
 
@@ -75,8 +76,6 @@ def local_split(idx: np.ndarray, fraction: float, rng: np.random.Generator) -> t
 def build_federated_data(cfg: dict) -> FederatedData:
     """Load the dataset, partition its train pool and split each part into local train/test.
     With domain.target_dataset, the target sites share that dataset's pool (IID) instead."""
-    from fedcls.domain_eval import site_domain
-
     units = cfg["data"]["normalize"]
     dataset, n, d = with_input_units(load_dataset(cfg), units), cfg["num_clients"], cfg["domain"]
     foreign = set(d["targets"]) if d["target_dataset"] else set()
@@ -116,3 +115,12 @@ def site_tensors(data: FederatedData, site_id: int, device: torch.device) -> Sit
     scale = (data.sites[site_id].noise_std / ds.std).to(device)  # noise is defined on [0, 1] pixels (NIID-Bench)
     return SiteTensors(ds.normalize(train_x).to(device), train_y.to(device), ds.normalize(test_x).to(device),
                        test_y.to(device), scale)
+
+
+
+_DATA = BoundedCache(size=4)  # federations kept per process (a sweep reuses one across its strategies)
+
+
+def federated_data(cfg: dict) -> FederatedData:
+    """The federation data (dataset, partition, site splits) for this config, built once per process."""
+    return _DATA.get_or_build(data_key(cfg), lambda: build_federated_data(cfg))

@@ -1,0 +1,227 @@
+"""The Flower ClientApp: translates Messages to and from the one local training loop.
+
+The same app runs in simulation (a Ray actor per client slot) and at a real site (a SuperNode).
+The resolved fedcls config arrives with every message (ConfigRecord key ``fedcls-config``), so a
+site needs no copy of the server's config; data and model come from the per-actor cache.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+import strategies
+from fedcls.algorithms import continual, coral, coral_align
+from fedcls.algorithms.continual.schedule import site_experience
+from fedcls.algorithms.training import TrainParams, evaluate, local_update
+from fedcls.apps import faults, site_state
+from fedcls.apps.runtime import get_runtime
+from fedcls.data import site_folders
+from fedcls.outputs import checkpoint
+
+CONFIG_KEY = "fedcls-config"  # ConfigRecord entry holding the resolved config as JSON
+SITE_KEY = "site-id"
+STATE_PREFIX = "fedcls."  # client state entries in context.state (one ArrayRecord each)
+
+app = ClientApp()
+
+
+def site_id(context: Context) -> int:
+    """This node's site: node config ``site-id``, else the site.json of its ``data-dir``, else
+    the simulation's ``partition-id``."""
+    node = context.node_config
+    if "site-id" in node:
+        return int(node["site-id"])
+    if "data-dir" in node:
+        return site_folders.folder_site_id(str(node["data-dir"]))
+    if "partition-id" not in node:
+        raise ValueError("the SuperNode's node config names no site: start it with --node-config "
+                         "'data-dir=\"<site folder>\"' (or partition-id=<k> to share the scenario's dataset)")
+    return int(node["partition-id"])
+
+
+def round_seed(cfg: dict, server_round: int, site: int) -> int:
+    """Seed of one client's local work in one round, derived from (seed, round, site)."""
+    return int(np.random.SeedSequence([cfg["seed"], server_round, site]).generate_state(1)[0])
+
+
+def _load_state(context: Context) -> dict:
+    return {key[len(STATE_PREFIX):]: rec.to_torch_state_dict()
+            for key, rec in context.state.array_records.items() if key.startswith(STATE_PREFIX)}
+
+
+def _save_state(context: Context, state: dict) -> None:
+    for name, tensors in state.items():
+        context.state[STATE_PREFIX + name] = ArrayRecord({k: v.detach().cpu() for k, v in tensors.items()})
+
+
+def _setup(msg: Message, context: Context):
+    config = msg.content["config"]
+    cfg = json.loads(str(config[CONFIG_KEY]))
+    torch.set_num_threads(max(int(cfg["backend"]["num_cpus"]), 1))
+    # TF32 policy: exact float32 unless backend.tf32 (PyTorch allows TF32 convolutions by default)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg["backend"]["tf32"])
+    return cfg, config, get_runtime(cfg, site_folder=_folder(context))
+
+
+def _folder(context: Context) -> tuple[str, int] | None:
+    """(data-dir, site) of a deployed site that names its own data folder, else None."""
+    folder = context.node_config.get("data-dir")
+    return (str(folder), site_id(context)) if folder else None
+
+
+def _inbox(msg: Message) -> dict:
+    """The message's named tensors besides the weights (SCAFFOLD's c, EWC's importances)."""
+    return {key: rec.to_torch_state_dict() for key, rec in msg.content.array_records.items()
+            if key != "arrays"}
+
+
+def _hooks(cfg: dict, msg: Message, inbox: dict) -> list:
+    """The strategy's client hooks, then CORAL's (when enabled and statistics came)."""
+    module = strategies.get(cfg["strategy"]["name"])
+    hooks = module.client_hooks(msg.content["config"], inbox) if hasattr(module, "client_hooks") else []
+    return hooks + coral.client_hooks(cfg, inbox)
+
+
+def _evaluation_hooks(cfg: dict) -> list:
+    module = strategies.get(cfg["strategy"]["name"])
+    return module.evaluation_hooks() if hasattr(module, "evaluation_hooks") else []
+
+
+def _site_data(cfg: dict, runtime, site: int, server_round: int):
+    """(data, continual stream or None, experience or None) of a site in a round."""
+    if not continual.enabled(cfg):
+        return runtime.site(site), None, None
+    stream = runtime.stream(cfg, site)
+    exp = site_experience(cfg, site, server_round)
+    return stream.tensors[exp], stream, exp
+
+
+def _load_weights(model, arrays: ArrayRecord, hooks: list) -> set[str]:
+    """Load the global weights; only keys that hooks keep at the site may be absent.
+    Returns those site-local keys."""
+    local_keys = set().union(*(h.local_keys(model) for h in hooks))
+    missing, unexpected = model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
+    if unexpected or set(missing) - local_keys:
+        raise ValueError(f"global weights do not fit the model: missing "
+                         f"{sorted(set(missing) - local_keys)[:5]}, unexpected {unexpected[:5]}")
+    return local_keys
+
+
+@dataclass
+class TrainJob:
+    """One client's training in a round, prepared from its message: what the loop needs, and
+    what its reply needs. The ClientApp runs one; the cohort executor (fedcls.apps.cohort) many."""
+
+    msg: Message
+    context: Context
+    cfg: dict
+    round: int
+    site: int
+    model: torch.nn.Module  # the runtime's model, holding the global weights
+    data: object  # SiteTensors of this round (a continual site: its experience)
+    params: TrainParams
+    hooks: list
+    state: dict
+    local_keys: set[str]
+    participations: int
+    fault: str | None = None  # an injected fault (fedcls.apps.faults)
+
+
+def prepare_train(msg: Message, context: Context) -> TrainJob:
+    """Load the global weights into the runtime's model and build the client's hooks and state."""
+    cfg, config, runtime = _setup(msg, context)
+    site, rnd = site_id(context), int(config["server-round"])
+    seed = round_seed(cfg, rnd, site)
+    torch.manual_seed(seed)
+    params = TrainParams(cfg["local_epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"],
+                         cfg["weight_decay"], seed)
+    inbox = _inbox(msg)
+    hooks = _hooks(cfg, msg, inbox)
+    local_keys = _load_weights(runtime.model, msg.content["arrays"], hooks)
+    fault = faults.client_side(cfg, rnd, site)  # an injected crash raises here
+    site_state.restore(context, site)  # a restarted SuperNode: the state from the site's disk
+    _restore_checkpointed(cfg, context, site)  # a resumed simulation: the state of its checkpoint
+    state = _load_state(context)
+    rounds = int(state.pop("fedcls", {}).get("participations", torch.tensor(0))) + 1
+    data, stream, exp = _site_data(cfg, runtime, site, rnd)
+    if stream is not None:  # first, so replay's memory is in the data the other hooks see
+        from fedcls.algorithms.continual.client import continual_hooks  # imports Avalanche: only when used
+
+        hooks = continual_hooks(cfg, stream, exp, state, inbox) + hooks
+    return TrainJob(msg, context, cfg, rnd, site, runtime.model, data, params, hooks, state, local_keys,
+                    rounds, fault)
+
+
+def _restore_checkpointed(cfg: dict, context: Context, site: int) -> None:
+    spec = cfg.get(checkpoint.PAYLOAD_KEY)
+    if spec and not any(k.startswith(STATE_PREFIX) for k in context.state.array_records):
+        _save_state(context, checkpoint.read_client_state(spec, site) or {})
+
+
+def train_reply(job: TrainJob, result, weights: dict) -> Message:
+    """Save the client's new state and answer with its weights, metrics and named tensors."""
+    state = {**result.state, "fedcls": {"participations": torch.tensor(job.participations)}}
+    _save_state(job.context, state)
+    site_state.persist(job.context, job.site)
+    if spec := job.cfg.get(checkpoint.PAYLOAD_KEY):
+        checkpoint.write_client_state(spec, job.site, job.round, _load_state(job.context))
+    metrics = {**result.metrics, "participations": float(job.participations), "site": float(job.site),
+               "num-examples": result.examples}
+    weights = {k: v for k, v in weights.items() if k not in job.local_keys}
+    if job.fault == "nan":
+        weights = faults.poisoned(weights)
+    content = RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics),
+                          **{name: ArrayRecord(t) for name, t in result.outbox.items()}})
+    return Message(content=content, reply_to=job.msg)
+
+
+def run_job(job: TrainJob) -> Message:
+    """Train one prepared client in the one loop and answer (the model holds the global weights).
+    A target site (domain.targets) never trains on its labels: CORAL's unsupervised update."""
+    update = coral.unsupervised_update if coral.trains_unsupervised(job.cfg, job.site) else local_update
+    result = update(job.model, job.data, job.params, job.hooks, job.state)
+    return train_reply(job, result, job.model.state_dict())
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return run_job(prepare_train(msg, context))
+
+
+@app.evaluate()
+def evaluate_local(msg: Message, context: Context) -> Message:
+    cfg, config, runtime = _setup(msg, context)
+    site = site_id(context)
+    hooks = _evaluation_hooks(cfg) + coral_align.evaluation_hooks(cfg, _inbox(msg))
+    _load_weights(runtime.model, msg.content["arrays"], hooks)
+    data, stream, exp = _site_data(cfg, runtime, site, int(config.get("server-round", 1)))
+    for hook in hooks:  # e.g. FedBN puts the site's own BatchNorm back
+        hook.before_evaluate(runtime.model, _load_state(context), data.train_x)
+    test_x, test_y = (data.test_x, data.test_y) if stream is None else stream.seen_test(exp)
+    loss, acc = evaluate(runtime.model, test_x, test_y, noise_scale=data.noise_scale,
+                         seed=round_seed(cfg, 0, site))
+    metrics = MetricRecord({"loss": loss, "accuracy": acc, "num-examples": len(test_y),
+                            "site": float(site)})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which site this node serves (see fedcls.apps.federation.discover_sites), or,
+    asked by CORAL, the feature statistics of the site's unlabelled data under the weights sent."""
+    if "config" in msg.content.config_records and coral.REQUEST in msg.content["config"]:
+        cfg, _, runtime = _setup(msg, context)
+        _load_weights(runtime.model, msg.content["arrays"], _hooks(cfg, msg, {}))
+        x = runtime.site(site_id(context)).train_x
+        for hook in _evaluation_hooks(cfg):  # FedBN: the site's own BatchNorm
+            hook.before_evaluate(runtime.model, _load_state(context), x)
+        stats = coral.site_feature_stats(runtime.model, x)
+        return Message(content=RecordDict({coral.STATS_RECORD: ArrayRecord(stats)}), reply_to=msg)
+    return Message(content=RecordDict({"site": ConfigRecord({SITE_KEY: site_id(context)})}),
+                   reply_to=msg)

@@ -1,0 +1,272 @@
+"""The server's round loop: a Flower strategy driven over a Grid, with global evaluation and a
+per-round recorder.
+
+Written by hand instead of calling ``Strategy.start``: start() offers no per-round callback
+besides centralized evaluation, no start round (needed to resume), and samples nodes by random
+node ids. The loop below makes the same strategy calls in the same order as start().
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+import strategies
+from fedcls.algorithms.models import build_model
+from fedcls.algorithms.training import evaluate
+from fedcls.apps import faults
+from fedcls.apps.client_app import CONFIG_KEY, SITE_KEY
+from fedcls.apps.features import extensions_for
+from fedcls.data.federated import federated_data
+from fedcls.data.site_folders import FEDERATION_KEY, federation_info
+from fedcls.errors import ConfigError
+from fedcls.outputs import checkpoint
+from fedcls.outputs.results import Recorder
+
+QUERY_TIMEOUT_S = 600.0
+PER_CLIENT = ("site", "participations", "experience")  # train metrics that make no sense averaged
+
+
+def aggregate_with_spread(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Flower's weighted mean of client metrics, plus the unweighted mean/min/max accuracy.
+    Sites without a local test split (data.local_test_fraction=0) measured nothing and are left
+    out; if none measured anything there is no local accuracy (an empty record)."""
+    records = [r for r in records if float(next(iter(r.metric_records.values()))[weight_key]) > 0]
+    if not records:
+        return MetricRecord()
+    agg = aggregate_metricrecords(records, weight_key)
+    agg.pop("site", None)  # per-site; read by fedcls.algorithms.domain_eval, meaningless averaged
+    accs = [float(next(iter(r.metric_records.values()))["accuracy"]) for r in records]
+    agg["accuracy_mean"], agg["accuracy_min"], agg["accuracy_max"] = (
+        sum(accs) / len(accs), min(accs), max(accs))
+    return agg
+
+
+def build_strategy(cfg: dict) -> Strategy:
+    """The configured strategy with fedcls's sampling and metric settings."""
+    common = {
+        "fraction_train": cfg["fraction_train"],
+        "fraction_evaluate": cfg["fraction_evaluate"],
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1 if cfg["fraction_evaluate"] > 0 else 0,
+        "min_available_nodes": 1,  # discover_sites waits for every node; some may sit out a round
+        "evaluate_metrics_aggr_fn": aggregate_with_spread,
+    }
+    params = {k: v for k, v in cfg["strategy"].items() if k != "name"}
+    return strategies.get(cfg["strategy"]["name"]).build_server(params, common, cfg)
+
+
+class SiteOrderedGrid:
+    """A Grid whose node ids and replies come in site order, so that seeded sampling (Flower
+    samples with the global ``random`` over ``get_node_ids()``) and the order of aggregation --
+    hence every float -- are the same in every run, whatever node ids the run drew."""
+
+    def __init__(self, grid: Grid, site_of_node: dict[int, int]):
+        self._grid = grid
+        self.site_of_node = site_of_node
+        self._nodes = sorted(site_of_node, key=site_of_node.__getitem__)
+        self.active_sites: set[int] | None = None  # None: every site may be sampled
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def get_node_ids(self) -> list[int]:
+        return [n for n in self._nodes
+                if self.active_sites is None or self.site_of_node[n] in self.active_sites]
+
+    def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None):
+        if hasattr(self._grid, "push_messages"):
+            replies = _push_and_pull(self._grid, messages, timeout)
+        else:  # a grid of our own (the cohort executor)
+            replies = self._grid.send_and_receive(messages, timeout=timeout)
+        return sorted(replies, key=lambda m: self.site_of_node.get(m.metadata.src_node_id, -1))
+
+
+PULL_INTERVAL_S = 0.1
+
+
+def _push_and_pull(grid: Grid, messages: Iterable[Message], timeout: float | None) -> list[Message]:
+    """Grid.send_and_receive with a short pull interval: Flower 1.42's deployment grid sleeps
+    3 s between pulls, a few seconds lost per round."""
+    pending = set(grid.push_messages(messages))
+    deadline = time.time() + timeout if timeout is not None else None
+    replies: list[Message] = []
+    while pending and (deadline is None or time.time() < deadline):
+        got = list(grid.pull_messages(pending))
+        replies += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if pending:
+            time.sleep(PULL_INTERVAL_S)
+    return replies
+
+
+def discover_sites(grid: Grid, expected: int) -> dict[int, int]:
+    """Ask every node which site it serves: {node id: site id}."""
+    while len(nodes := list(grid.get_node_ids())) < expected:
+        time.sleep(0.2)
+    messages = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in nodes]
+    replies = grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S)
+    return {m.metadata.src_node_id: int(m.content["site"][SITE_KEY])
+            for m in replies if not m.has_error()}
+
+
+def global_evaluator(cfg: dict):
+    """(initial weights, evaluate(arrays) -> (loss, accuracy) on the global test set)."""
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg["device"] != "cpu" else "cpu")
+    ds = federated_data(cfg).dataset
+    torch.manual_seed(cfg["seed"])  # the initial global weights depend on the seed alone
+    model = build_model(cfg, ds.shape, ds.num_classes).to(device)
+    test_x, test_y = ds.normalize(ds.test_x).to(device), ds.test_y.to(device)
+
+    def evaluate_global(arrays: ArrayRecord) -> tuple[float, float]:
+        # strict=False: strategies such as FedBN keep some weights at the sites; the global
+        # model then evaluates with those layers as initialised
+        model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
+        return evaluate(model, test_x, test_y)
+
+    return ArrayRecord(model.state_dict()), evaluate_global
+
+
+def _failures(replies: list[Message]) -> list[str]:
+    """Short reasons of failed replies (Flower's carry a whole Ray traceback)."""
+    reasons = []
+    for m in (m for m in replies if m.has_error()):
+        reason = str(m.error.reason)
+        short = reason.rsplit("Message: ", 1)[-1] if "Message: " in reason else reason.splitlines()[-1]
+        reasons.append(short.strip().rstrip("'>").strip())
+    return reasons
+
+
+def _trained_sites(replies: list[Message]) -> list[list[int]]:
+    """[site, times it has trained so far] for each client that trained this round."""
+    out = []
+    for m in (m for m in replies if not m.has_error()):
+        metrics = next(iter(m.content.metric_records.values()))
+        out.append([int(metrics["site"]), int(metrics["participations"])])
+    return out
+
+
+def check_roster(site_of_node: dict[int, int], num_clients: int) -> None:
+    """Every site 0..num_clients-1 served by exactly one node, or a clear error."""
+    sites = sorted(site_of_node.values())
+    if sites != list(range(num_clients)):
+        raise ConfigError(
+            f"the federation's {len(sites)} nodes serve sites {sites[:12]}{'...' if len(sites) > 12 else ''}"
+            f", but num_clients={num_clients} needs sites 0..{num_clients - 1}: set num_clients="
+            f"{len(sites)} or give the federation {num_clients} nodes (num-supernodes)")
+
+
+def run_federation(grid: Grid, cfg: dict, recorder: Recorder, resume: dict | None = None,
+                   client_state_dir: Path | None = None) -> ArrayRecord:
+    """Run cfg["rounds"] rounds of the configured strategy over `grid`; returns the weights.
+    `resume`: a checkpoint (fedcls.outputs.checkpoint) to continue from; `client_state_dir`: where
+    simulated clients keep their state for checkpoints (None: no checkpoints of client state)."""
+    site_of_node = discover_sites(grid, cfg["num_clients"])
+    check_roster(site_of_node, cfg["num_clients"])
+    grid = SiteOrderedGrid(grid, site_of_node)
+    arrays, evaluate_global = global_evaluator(cfg)
+    recorder.start(federated_data(cfg))
+    strategy, extensions, first = build_strategy(cfg), extensions_for(cfg), 1
+    if resume is not None:
+        strategy, extensions, first = resume["strategy"], resume["extensions"], resume["round"] + 1
+        arrays = ArrayRecord(resume["arrays"])
+        recorder.resume_from(resume["rows"], resume["extras"])
+        checkpoint.restore_rng(resume)
+    payload = {**cfg, FEDERATION_KEY: federation_info(federated_data(cfg).dataset)}
+    for rnd in range(first, cfg["rounds"] + 1):
+        if client_state_dir is not None:  # clients write their state; a resume reads it up to here
+            payload[checkpoint.PAYLOAD_KEY] = {"dir": str(client_state_dir), "upto": _last_checkpoint(cfg, rnd)}
+        arrays = _round(grid, cfg, rnd, arrays, strategy, extensions, json.dumps(payload), recorder,
+                        evaluate_global)
+        if _checkpoint_due(cfg, rnd):
+            checkpoint.save(recorder.run_dir, rnd, arrays.to_torch_state_dict(), strategy, extensions,
+                            recorder.rows, recorder.extras)
+            recorder.interim()  # now with the command to resume
+    return arrays
+
+
+def _checkpoint_due(cfg: dict, rnd: int) -> bool:
+    every = cfg["checkpoint_every"]
+    return every > 0 and (rnd % every == 0 or rnd == cfg["rounds"])
+
+
+def _last_checkpoint(cfg: dict, rnd: int) -> int:
+    """The last round checkpointed before round `rnd` runs (0: none)."""
+    return max((r for r in range(1, rnd) if _checkpoint_due(cfg, r)), default=0)
+
+
+def _round(grid: SiteOrderedGrid, cfg: dict, rnd: int, arrays: ArrayRecord, strategy, extensions,
+           payload: str, recorder: Recorder, evaluate_global) -> ArrayRecord:
+    """One round: train (with injected faults screened), aggregate, evaluate, record."""
+    started, started_at = time.perf_counter(), time.time()
+    random.seed(f"{cfg['seed']}-{rnd}")  # Flower's node sampling draws from `random`
+    for ext in extensions:
+        ext.before_train(rnd, arrays, grid, ConfigRecord({CONFIG_KEY: payload}))
+    grid.active_sites = _train_sites(extensions, rnd)
+    # a fresh ConfigRecord per call: strategies write their own entries into it (FedProx's mu)
+    messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({CONFIG_KEY: payload}), grid))
+    grid.active_sites = None  # every site may evaluate
+    for ext in extensions:
+        messages = ext.outgoing(messages)
+    messages, dropped = faults.outgoing(cfg, rnd, messages, grid.site_of_node)
+    train_started = time.perf_counter()
+    replies = list(grid.send_and_receive(messages, timeout=cfg["faults"]["round_timeout"] or None))
+    replies = faults.delay_stragglers(cfg, rnd, replies, grid.site_of_node, train_started)
+    train_seconds = time.perf_counter() - train_started
+    replies, failed = faults.screen(messages, replies, grid.site_of_node)
+    failed = {"dropped": dropped, **failed}
+    for ext in extensions:
+        replies = ext.incoming(replies)
+    usable = sum(not m.has_error() for m in replies)
+    if usable < cfg["faults"]["min_train_nodes"]:
+        raise faults.TooFewReplies(
+            f"round {rnd}: {usable} usable training replies, fewer than faults.min_train_nodes="
+            f"{cfg['faults']['min_train_nodes']} (failed sites: {failed}); the run stops here and "
+            f"resumes from its last checkpoint with resume=<run folder>."
+            + faults.divergence_hint(cfg, usable, failed))
+    if _examples(replies) > 0:
+        new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        arrays = new_arrays if new_arrays is not None else arrays
+    else:  # every client that answered held no data this round (continual): nothing to average
+        train_metrics = None
+    config = ConfigRecord({CONFIG_KEY: payload})
+    eval_messages = list(strategy.configure_evaluate(rnd, arrays, config, grid))
+    for ext in extensions:
+        eval_messages = ext.outgoing_evaluate(rnd, arrays, eval_messages)
+    eval_replies = list(grid.send_and_receive(eval_messages))
+    client_metrics = strategy.aggregate_evaluate(rnd, eval_replies)
+    loss, accuracy = evaluate_global(arrays)
+    extra = {k: v for ext in extensions for k, v in
+             {**ext.after_evaluate(rnd, eval_replies), **ext.after_round(rnd, arrays)}.items()}
+    recorder.extras = {k: v for ext in extensions for k, v in ext.summary().items()}
+    recorder.round(rnd, {
+        "accuracy": accuracy, "loss": loss,
+        "train": {k: v for k, v in dict(train_metrics or {}).items() if k not in PER_CLIENT},
+        "clients": dict(client_metrics or {}),
+        "sampled": len(messages) + len(dropped), "trained": _trained_sites(replies),
+        "failures": _failures(replies) + _failures(eval_replies),
+        "faults": failed, "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
+        "started_at": started_at, **extra,
+    })
+    return arrays
+
+
+def _examples(replies: list[Message]) -> float:
+    """Training examples behind the usable replies (the weights FedAvg and its kin divide by)."""
+    return sum(float(next(iter(m.content.metric_records.values())).get("num-examples", 0))
+               for m in replies if not m.has_error())
+
+
+def _train_sites(extensions: list, rnd: int) -> set[int] | None:
+    """Sites every extension lets train in round `rnd` (None: all)."""
+    sets = [s for ext in extensions if (s := ext.train_sites(rnd)) is not None]
+    return set.intersection(*sets) if sets else None

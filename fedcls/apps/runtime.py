@@ -1,0 +1,74 @@
+"""Per-process cache: data and model are built once per Ray actor (or process), not per message.
+
+Module-level, so it survives inside each Ray actor between messages (any actor may serve any
+site; each builds the shared data once and keeps each site's tensors after first use).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from fedcls.algorithms.models import Classifier, build_model
+from fedcls.caching import BoundedCache
+from fedcls.data.federated import FederatedData, SiteTensors, data_key, federated_data, site_tensors
+from fedcls.data.site_folders import FEDERATION_KEY, folder_federated_data
+
+_RUNTIMES = BoundedCache(size=4)  # data, model and site tensors per config and device
+
+
+@dataclass
+class Runtime:
+    data: FederatedData
+    model: Classifier
+    device: torch.device
+    sites: dict[int, SiteTensors] = field(default_factory=dict)
+    streams: dict[str, object] = field(default_factory=dict)
+
+    def site(self, site_id: int) -> SiteTensors:
+        """Site `site_id`'s tensors on this runtime's device (built on first use)."""
+        if site_id not in self.sites:
+            self.sites[site_id] = site_tensors(self.data, site_id, self.device)
+        return self.sites[site_id]
+
+    def stream(self, cfg: dict, site_id: int):
+        """Site `site_id`'s continual stream of experiences (built on first use)."""
+        from fedcls.algorithms.continual.streams import site_stream, stream_key
+
+        key = f"{site_id}:{stream_key(cfg)}"
+        if key not in self.streams:
+            self.streams[key] = site_stream(cfg, self.data, site_id, self.device)
+        return self.streams[key]
+
+
+def pick_device(cfg: dict) -> torch.device:
+    """CUDA when asked for (device=cuda) or allowed (auto, with GPUs per client) and present."""
+    wants_gpu = cfg["device"] == "cuda" or (cfg["device"] == "auto" and cfg["backend"]["num_gpus"] > 0)
+    return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+
+def get_runtime(cfg: dict, device: torch.device | None = None,
+                site_folder: tuple[str, int] | None = None) -> Runtime:
+    """The cached runtime for this config's data and model; with `site_folder` (folder, site id),
+    a deployed site's own data folder (fedcls.data.site_folders) instead of a share of the dataset."""
+    device = device or pick_device(cfg)
+    data_id = data_key(cfg) if site_folder is None else [site_folder, cfg["seed"], cfg["data"],
+                                                         cfg.get(FEDERATION_KEY)]
+    key = json.dumps([data_id, cfg["model"], str(device), str(torch.get_default_dtype())], sort_keys=True)
+    return _RUNTIMES.get_or_build(key, lambda: _build_runtime(cfg, device, site_folder))
+
+
+def _build_runtime(cfg: dict, device: torch.device, site_folder: tuple[str, int] | None) -> Runtime:
+    data = federated_data(cfg) if site_folder is None else _folder_data(cfg, *site_folder)
+    model = build_model(cfg, data.dataset.shape, data.dataset.num_classes).to(device)
+    return Runtime(data, model, device)
+
+
+def _folder_data(cfg: dict, folder: str, site: int) -> FederatedData:
+    if FEDERATION_KEY not in cfg:
+        raise ValueError("this server sent no federation data description: run a fedcls ServerApp "
+                         "of the same version as the sites")
+    return folder_federated_data(folder, site, cfg[FEDERATION_KEY], cfg)
+

@@ -1,0 +1,1 @@
+"""Real sites: TLS certificates and site data folders for SuperLink/SuperNode deployments."""

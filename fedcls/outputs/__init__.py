@@ -1,0 +1,1 @@
+"""A run folder's files: metrics, summary, plots, checkpoints."""

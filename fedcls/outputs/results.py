@@ -1,0 +1,142 @@
+"""Run outputs: results/runs/<run-id>/ config.yaml, metrics.jsonl, summary.json, plots/, model.pt.
+
+metrics.jsonl gets one whole line per round, flushed as the round ends; summary.json is written
+atomically at the end, also when the run is interrupted or fails, so nothing computed is lost.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that determine a run's numbers."""
+    from importlib.metadata import version
+
+    return {"python": platform.python_version(),
+            **{name: version(name) for name in ("fedcls", "flwr", "torch", "ray", "numpy")}}
+
+
+def new_run_dir(cfg: dict) -> Path:
+    """A fresh folder under cfg['output_dir'] named by run_id (or time, scenario, strategy, seed)."""
+    scenario = str(cfg["scenario"] or cfg["partition"]["kind"])
+    scenario = Path(scenario).stem if scenario.endswith((".yaml", ".yml")) else scenario
+    name = cfg["run_id"] or (f"{datetime.now():%Y%m%d-%H%M%S}-{scenario}-"
+                             f"{cfg['strategy']['name']}-s{cfg['seed']}")
+    base, path, n = Path(cfg["output_dir"]), Path(cfg["output_dir"]) / name, 1
+    while path.exists():
+        n += 1
+        path = base / f"{name}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def console_line(row: dict, rounds: int) -> str:
+    """One readable line per round."""
+    clients, train = row["clients"], row["train"]
+    parts = [f"round {row['round']:>3}/{rounds}", f"acc {row['accuracy']:.4f}", f"loss {row['loss']:.4f}"]
+    if "train_loss" in train:
+        parts.append(f"train_loss {train['train_loss']:.4f}")
+    if "accuracy_mean" in clients:
+        parts.append(f"sites acc {clients['accuracy_mean']:.3f} "
+                     f"[{clients['accuracy_min']:.3f}-{clients['accuracy_max']:.3f}]")
+    parts.append(f"{row['seconds']:.1f}s")
+    if row["failures"]:
+        parts.append(f"{len(row['failures'])} failed: {row['failures'][0][:120]}")
+    return "  ".join(parts)
+
+
+class Recorder:
+    """Writes a run's files as it goes and prints one line per round."""
+
+    def __init__(self, run_dir: Path, cfg: dict, echo=print):
+        self.run_dir, self.cfg, self.echo = Path(run_dir), cfg, echo
+        self.rows: list[dict] = []
+        self.partition_counts: list[list[int]] = []
+        self.extras: dict = {}  # summary keys from server extensions (continual metrics, ...)
+        self.started = time.time()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.run_dir / "config.yaml", to_yaml(cfg))
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.metrics_path.touch()
+
+    def start(self, data) -> None:
+        """Note the partition (clients x classes counts) once the data is built."""
+        labels = data.dataset.train_y.numpy()
+        self.partition_counts = data.partition.class_counts(labels, data.dataset.num_classes).tolist()
+
+    def round(self, rnd: int, metrics: dict) -> None:
+        row = {"round": rnd, **metrics, "elapsed": time.time() - self.started}
+        self.rows.append(row)
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.interim()
+        self.echo(console_line(row, self.cfg["rounds"]))
+
+    def interim(self) -> None:
+        """Until the run ends, summary.json describes it as interrupted after its last round (so a
+        run killed at any moment leaves one that says so, with the command to resume once a
+        checkpoint exists); finish() overwrites it."""
+        write_atomic(self.run_dir / "summary.json", json.dumps(self.summary("interrupted"), indent=2))
+
+    def resume_from(self, rows: list[dict], extras: dict) -> None:
+        """Continue a run from a checkpoint: its rows (metrics.jsonl rewritten to exactly them)."""
+        self.rows, self.extras = list(rows), dict(extras)
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def summary(self, status: str, error: str | None = None) -> dict:
+        accs = [r["accuracy"] for r in self.rows]
+        best = int(np.argmax(accs)) if accs else None
+        return {
+            "run_id": self.run_dir.name, "status": status, "error": error,
+            "rounds": self.cfg["rounds"], "rounds_completed": len(self.rows),
+            "final_accuracy": accs[-1] if accs else None,
+            "final_loss": self.rows[-1]["loss"] if accs else None,
+            "best_accuracy": accs[best] if accs else None,
+            "best_round": self.rows[best]["round"] if accs else None,
+            "seconds": time.time() - self.started, "seed": self.cfg["seed"],
+            "scenario": self.cfg["scenario"], "strategy": self.cfg["strategy"]["name"],
+            "dataset": self.cfg["dataset"], "model": self.cfg["model"]["name"],
+            "num_clients": self.cfg["num_clients"], "partition": self.cfg["partition"]["kind"],
+            "partition_counts": self.partition_counts,
+            "versions": versions(), "command": " ".join(sys.argv), **self.extras,
+            **({"resume_with": f"python -m fedcls.simulate resume={self.run_dir}"}
+               if status != "completed" and (self.run_dir / "checkpoint.pt").exists() else {}),
+        }
+
+    def finish(self, status: str = "completed", state_dict=None, error: str | None = None) -> dict:
+        """Write summary.json, plots and (if given) model.pt; return the summary."""
+        summary = self.summary(status, error)
+        write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        if state_dict is not None and self.cfg["save_model"]:
+            import torch
+
+            torch.save(state_dict, self.run_dir / "model.pt")
+        from fedcls.outputs.plots import plot_run
+
+        plot_run(self.rows, self.partition_counts, self.run_dir / "plots")
+        return summary
+
+
+def to_yaml(cfg: dict) -> str:
+    """The resolved config as YAML (what --cfg job prints and config.yaml holds)."""
+    return yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False)

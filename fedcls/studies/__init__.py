@@ -1,0 +1,1 @@
+"""Sweeps of runs and their reports (tables, plots)."""

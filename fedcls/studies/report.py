@@ -1,0 +1,221 @@
+"""``python -m fedcls.report STUDY_DIR [--target 0.9]``: tables and plots of a study, from its
+runs' files only (runs/*/config.yaml, summary.json, metrics.jsonl).
+
+Writes into STUDY_DIR: table.md, table.csv, table.tex (booktabs) with final accuracy mean +- std
+over seeds per strategy x scenario, degradation against ``iid`` in points, and rounds to reach
+the target accuracy; plots/accuracy_<scenario>.png, plots/degradation.png,
+plots/partition_<scenario>.png. Studies of continual runs also get table_continual.md/.csv
+(average accuracy, forgetting, BWT per scenario x method; see fedcls.studies.continual_report), and
+studies with held-out target sites table_targets.md/.csv (fedcls.studies.domain_report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class Cell:
+    """All seeds of one strategy x scenario."""
+
+    finals: list[float] = field(default_factory=list)
+    curves: list[list[float]] = field(default_factory=list)
+    to_target: list[int | None] = field(default_factory=list)
+    partition: list[list[int]] | None = None
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.finals)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.finals) if len(self.finals) > 1 else 0.0
+
+    def rounds_to_target(self) -> float | None:
+        """Mean over seeds that reached the target; None when none did."""
+        reached = [r for r in self.to_target if r is not None]
+        return statistics.fmean(reached) if reached else None
+
+
+def load_study(study: Path, target: float) -> dict[tuple[str, str], Cell]:
+    """{(strategy, scenario): Cell} from every completed run under study/runs. A strategy whose
+    parameters differ between runs (a tuning study) gets one row per setting: "fedadam (eta=0.01)"."""
+    runs = completed(run_dirs(study))
+    label = strategy_labels([cfg for cfg, _, _ in runs])
+    cells: dict[tuple[str, str], Cell] = {}
+    for cfg, summary, rows in runs:
+        scenario = str(cfg["scenario"] or cfg["partition"]["kind"])
+        cell = cells.setdefault((label(cfg), scenario), Cell())
+        cell.finals.append(summary["final_accuracy"])
+        cell.curves.append([r["accuracy"] for r in rows])
+        cell.to_target.append(next((r["round"] for r in rows if r["accuracy"] >= target), None))
+        cell.partition = cell.partition or summary.get("partition_counts")
+    return cells
+
+
+def completed(run_dirs_: list[Path]) -> list[tuple[dict, dict, list[dict]]]:
+    """(config, summary, metrics rows) of each completed run."""
+    runs = []
+    for run_dir in run_dirs_:
+        summary_path = run_dir / "summary.json"
+        if not summary_path.exists():
+            continue
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") != "completed":
+            continue
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        runs.append((cfg, summary, rows))
+    return runs
+
+
+def strategy_labels(cfgs: list[dict]):
+    """cfg -> the strategy's name, plus the strategy parameters that vary among its runs."""
+    varied: dict[str, list[str]] = {}
+    for name in {c["strategy"]["name"] for c in cfgs}:
+        same = [c["strategy"] for c in cfgs if c["strategy"]["name"] == name]
+        varied[name] = [k for k in same[0] if k != "name" and len({str(s.get(k)) for s in same}) > 1]
+
+    def label(cfg: dict) -> str:
+        node = cfg["strategy"]
+        extra = ", ".join(f"{k}={node[k]}" for k in varied[node["name"]])
+        return f"{node['name']} ({extra})" if extra else node["name"]
+    return label
+
+
+def run_dirs(study: Path) -> list[Path]:
+    """The study's run folders, in the sweep's grid order when study.json lists it."""
+    listed = study / "study.json"
+    if listed.exists():
+        return [study / "runs" / r for r in json.loads(listed.read_text())["runs"]]
+    return sorted((study / "runs").iterdir())
+
+
+def axes(cells: dict) -> tuple[list[str], list[str]]:
+    """Strategies and scenarios in order of first appearance; iid first (the reference)."""
+    labels = list(dict.fromkeys(s for s, _ in cells))
+    first = {name: i for i, name in reversed(list(enumerate(lb.split(" (")[0] for lb in labels)))}
+    strategies = sorted(labels, key=lambda lb: (first[lb.split(" (")[0]], setting_key(lb)))
+    scenarios = sorted(dict.fromkeys(c for _, c in cells), key=lambda c: c != "iid")
+    return strategies, scenarios
+
+
+def setting_key(label: str) -> list[tuple]:
+    """A tuning row's parameter values, numbers as numbers: "fedadam (eta=0.003)" < "(eta=0.01)"."""
+    if " (" not in label:
+        return []
+    settings = label[label.index(" (") + 2:-1].split(", ")
+    return [number_or_text(setting.split("=", 1)[-1]) for setting in settings]
+
+
+def number_or_text(value: str) -> tuple:
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def degradation(cells: dict, strategy: str, scenario: str) -> float | None:
+    """Points lost against the same strategy's iid accuracy."""
+    if (strategy, "iid") not in cells or (strategy, scenario) not in cells:
+        return None
+    return 100 * (cells[(strategy, "iid")].mean - cells[(strategy, scenario)].mean)
+
+
+def fmt(value: float | None, pattern: str = "{:.1f}") -> str:
+    return "–" if value is None else pattern.format(value)  # en dash: no value
+
+
+def accuracy_text(cell: Cell | None) -> str:
+    return "–" if cell is None else f"{100 * cell.mean:.1f} ± {100 * cell.std:.1f}"
+
+
+def markdown(cells, strategies, scenarios, target) -> str:
+    def table(title, value):
+        head = f"| strategy | {' | '.join(scenarios)} |\n|---|{'---|' * len(scenarios)}"
+        body = [f"| {s} | " + " | ".join(value(s, c) for c in scenarios) + " |" for s in strategies]
+        return f"### {title}\n\n{head}\n" + "\n".join(body)
+
+    seeds = sorted({len(c.finals) for c in cells.values()})
+    return "\n\n".join([
+        table(f"Final global test accuracy, % (mean ± std over {'/'.join(map(str, seeds))} seeds)",
+              lambda s, c: accuracy_text(cells.get((s, c)))),
+        table("Degradation against iid, points", lambda s, c: fmt(degradation(cells, s, c))),
+        table(f"Rounds to reach {target:.0%} global accuracy (mean over seeds that did)",
+              lambda s, c: fmt(cells[(s, c)].rounds_to_target() if (s, c) in cells else None)),
+    ]) + "\n"
+
+
+def latex(cells, strategies, scenarios) -> str:
+    cols = "l" + "c" * len(scenarios)
+    head = " & ".join(["Strategy", *[c.replace("_", r"\_") for c in scenarios]]) + r" \\"
+    body = []
+    for s in strategies:
+        cells_text = [accuracy_text(cells.get((s, c))).replace("±", r"$\pm$").replace("–", "--")
+                      for c in scenarios]
+        body.append(" & ".join([s, *cells_text]) + r" \\")
+    return "\n".join([rf"\begin{{tabular}}{{{cols}}}", r"\toprule", head, r"\midrule", *body,
+                      r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def write_csv(path: Path, cells, strategies, scenarios) -> None:
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["strategy", "scenario", "seeds", "accuracy_mean", "accuracy_std",
+                      "degradation_points", "rounds_to_target"])
+        for s in strategies:
+            for c in scenarios:
+                if (s, c) in cells:
+                    cell = cells[(s, c)]
+                    out.writerow([s, c, len(cell.finals), cell.mean, cell.std,
+                                  degradation(cells, s, c), cell.rounds_to_target()])
+
+
+def report(study: Path, target: float = 0.9) -> dict:
+    """Write the tables and plots; return the cells."""
+    from fedcls.outputs.plots import plot_study
+
+    cells = load_study(study, target)
+    if not cells:
+        raise FileNotFoundError(f"no completed runs under {study / 'runs'}")
+    strategies, scenarios = axes(cells)
+    (study / "table.md").write_text(markdown(cells, strategies, scenarios, target))
+    (study / "table.tex").write_text(latex(cells, strategies, scenarios))
+    write_csv(study / "table.csv", cells, strategies, scenarios)
+    plot_study(cells, strategies, scenarios, study / "plots", degradation)
+    from fedcls.studies.continual_report import write_continual_tables
+    from fedcls.studies.domain_report import write_target_tables
+
+    write_continual_tables(study, run_dirs(study))
+    write_target_tables(study, run_dirs(study))
+    return cells
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedcls.report", description=__doc__.splitlines()[0])
+    parser.add_argument("study", type=Path)
+    parser.add_argument("--target", type=float, default=0.9, help="accuracy for rounds-to-target")
+    args = parser.parse_args(argv)
+    try:
+        report(args.study, args.target)
+    except (FileNotFoundError, NotADirectoryError) as err:
+        print(f"error: {err}; run python -m fedcls.sweep first", file=sys.stderr)
+        return 2
+    print((args.study / "table.md").read_text())
+    for extra in ("table_continual.md", "table_targets.md"):
+        if (args.study / extra).exists():
+            print((args.study / extra).read_text())
+    print(f"written: {args.study}/table.md, table.csv, table.tex, plots/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""``python -m fedcls.sweep name=STUDY key=a,b,c ...``: run a grid of simulations as one study.
+
+    python -m fedcls.sweep name=niid_mnist5k strategy=fedavg,fedprox scenario=iid,label_2 seed=0,1,2
+
+Comma lists (and Hydra's other sweep forms, e.g. ``seed=range(0,3)``) span the grid; other
+overrides apply to every run. Runs go to ``<output_dir>/runs/<run-id>`` where ``output_dir``
+defaults to ``results/studies/<name>``. All runs share one Ray instance (started once in this
+process, or the cluster at ``backend.ray_address``). Finished runs are skipped when the sweep is started again, so a
+killed sweep resumes, and a run it interrupted continues from its last checkpoint (fedcls.outputs.checkpoint)
+when its config is unchanged; a failed run is recorded and the sweep goes on. Then:
+``python -m fedcls.report <output_dir>``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from fedcls.errors import ConfigError, UserError, run_cli
+
+
+def expand_grid(args: list[str]) -> tuple[dict[str, str], list[str], list[list[str]]]:
+    """(study settings name/output_dir, overrides for every run, the swept overrides per point)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    fixed, common, axes = {}, [], []
+    for arg in args:
+        try:
+            (override,) = OverridesParser.create().parse_overrides([arg])
+        except HydraException as err:
+            raise ConfigError(f"cannot parse '{arg}': {str(err).splitlines()[0]}") from None
+        key = override.key_or_group
+        if key in ("name", "output_dir") and not override.is_sweep_override():
+            fixed[key] = override.get_value_element_as_str()
+        elif override.is_sweep_override():
+            axes.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+        else:
+            common.append(arg)
+    return fixed, common, [list(point) for point in itertools.product(*axes)]
+
+
+def run_id_of(point: list[str]) -> str:
+    """A readable, filesystem-safe id from a grid point's overrides."""
+    safe = "".join(c if c.isalnum() or c in "._=-" else "-" for c in "_".join(point))
+    return safe.replace("=", "-") or "default"
+
+
+def is_finished(run_dir: Path) -> bool:
+    summary = run_dir / "summary.json"
+    return summary.exists() and json.loads(summary.read_text()).get("status") == "completed"
+
+
+def _resumable(run_dir: Path, cfg: dict) -> bool:
+    """An unfinished run of this very config with a readable checkpoint: continue it."""
+    import yaml
+
+    from fedcls.outputs import checkpoint
+
+    try:
+        same = yaml.safe_load((run_dir / "config.yaml").read_text()) == cfg
+        return same and checkpoint.load(run_dir) is not None
+    except (OSError, yaml.YAMLError, UserError):
+        return False
+
+
+def refuse_collisions(common: list[str], points: list[list[str]], runs_dir: Path) -> None:
+    """A finished run whose id this grid reuses but whose config differs in a key this command
+    names (e.g. an earlier sweep of strategy=fedadam strategy.eta=0.01,0.1 and now strategy=fedyogi
+    with the same etas: the run ids name only the swept keys) would be skipped as done: refuse."""
+    import yaml
+
+    from fedcls.config import compose
+    from fedcls.studies.tables import flat
+
+    clashes = []
+    for point in points:
+        run_dir = runs_dir / run_id_of(point)
+        if not is_finished(run_dir):
+            continue
+        old, new = flat(yaml.safe_load((run_dir / "config.yaml").read_text())), flat(compose([*common, *point]))
+        named = {arg.split("=", 1)[0].lstrip("+~") for arg in [*common, *point]}
+        if any(old.get(k) != new.get(k) for k in new if k.split(".")[0] in named or k in named):
+            clashes.append(run_id_of(point))
+    if clashes:
+        raise ConfigError(
+            f"{len(clashes)} finished runs of this study ({clashes[0]}, ...) have the ids this grid would use "
+            "but a different config: sweep the key that differs so that it names the runs, e.g. "
+            "strategy=choice(fedyogi), or use another study name")
+
+
+def run_point(common: list[str], point: list[str], runs_dir: Path) -> tuple[str, dict]:
+    """Run one grid point; ('done' | 'failed', summary)."""
+    from fedcls.config import compose
+    from fedcls.engine.runner import run
+
+    run_id = run_id_of(point)
+    run_dir = runs_dir / run_id
+    try:
+        cfg = compose([*common, *point, f"output_dir={runs_dir}", f"run_id={run_id}"])
+        resume = run_dir if _resumable(run_dir, cfg) else None
+        if run_dir.exists() and resume is None:  # an unfinished run without a usable checkpoint
+            shutil.rmtree(run_dir)
+        code = run(cfg, echo=None, resume_dir=resume)
+    except UserError as err:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(str(err))
+        return "failed", {"error": str(err)}
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return ("done" if code == 0 else "failed"), summary
+
+
+def record_study(study: Path, command: str, runs: list[str]) -> None:
+    """study.json: every sweep command that wrote into this study and their runs, in order (a
+    study may be built by several sweeps, e.g. one per strategy when their parameters differ)."""
+    path = study / "study.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    commands = [c for c in old.get("commands", [old["command"]] if "command" in old else []) if c != command]
+    listed = [r for r in old.get("runs", []) if r not in runs] + runs
+    path.write_text(json.dumps({"commands": [*commands, command], "runs": listed}, indent=2))
+
+
+def sweep(args: list[str]) -> int:
+    fixed, common, points = expand_grid(args)
+    if "name" not in fixed and "output_dir" not in fixed:
+        raise ConfigError("name the study: name=<study> (or output_dir=<folder>)")
+    study = Path(fixed.get("output_dir") or Path("results/studies") / fixed["name"])
+    runs_dir = study / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    record_study(study, " ".join(["python -m fedcls.sweep", *args]), [run_id_of(p) for p in points])
+    refuse_collisions(common, points, runs_dir)
+    todo = [p for p in points if not is_finished(runs_dir / run_id_of(p))]
+    print(f"sweep {study}: {len(points)} runs, {len(points) - len(todo)} already done", flush=True)
+    failed, started = [], time.time()
+    from fedcls.engine.simulation import shared_ray
+
+    address = next((a.split("=", 1)[1] for a in args if a.startswith("backend.ray_address=")), None)
+    with shared_ray(address):
+        for k, point in enumerate(todo, 1):
+            status, summary = run_point(common, point, runs_dir)
+            if status == "failed":
+                failed.append(run_id_of(point))
+            elapsed = time.time() - started
+            left = elapsed / k * (len(todo) - k)
+            acc = summary.get("final_accuracy")
+            print(f"[{len(points) - len(todo) + k}/{len(points)}] {run_id_of(point)}: {status}"
+                  f"{f', accuracy {acc:.4f}' if acc is not None else ''}; "
+                  f"{elapsed:.0f}s elapsed, ~{left:.0f}s left", flush=True)
+    (study / "failed.json").write_text(json.dumps(failed, indent=2))
+    print(f"study in {study}: {len(points) - len(failed)} of {len(points)} runs finished"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(sweep, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

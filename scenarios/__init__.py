@@ -1,0 +1,1 @@
+"""fedcls scenarios: one YAML per scenario (``scenario=NAME`` loads NAME.yaml), shipped as package data."""
