@@ -200,3 +200,17 @@ def check_domain_section(cfg: dict) -> None:
     _require(not (cfg["continual"]["kind"] != "none" and (targets or d["sites"])),
              "continual runs do not take site domains or targets yet: use continual.domains for "
              "domain-incremental streams, or leave domain.sites and domain.targets empty")
+
+
+def check_capabilities(cfg: dict) -> None:
+    """The strategy's declared capabilities (strategies.Capabilities) against the model's BatchNorm."""
+    import strategies
+    from fedcls.algorithms.models import BATCHNORM_MODELS, has_batchnorm
+
+    name, model = cfg["strategy"]["name"], cfg["model"]["name"]
+    caps, batchnorm = strategies.capabilities(name), has_batchnorm(cfg["model"])
+    if caps.needs_batchnorm and not batchnorm:
+        raise ConfigError(f"strategy={name} needs a model with BatchNorm; {model} has none: use {BATCHNORM_MODELS}")
+    if not caps.integer_buffers and batchnorm:
+        raise ConfigError(f"strategy={name} cannot aggregate the integer BatchNorm counters of model={model}: "
+                          "use a model without BatchNorm (e.g. model=simple_cnn, or model.norm=group for resnet18)")

@@ -168,10 +168,11 @@ def validate(cfg: dict) -> None:
     for key, param in module.PARAMS.items():
         if (message := param.check(f"strategy.{key}", cfg["strategy"][key])) is not None:
             raise ConfigError(message)
-    from fedcls.checks import check_values
+    from fedcls.checks import check_capabilities, check_values
 
     check_values(cfg)
-    if hasattr(module, "check") and (message := module.check(cfg)) is not None:
+    check_capabilities(cfg)
+    if (message := module.check(cfg)) is not None:
         raise ConfigError(message)
 
 

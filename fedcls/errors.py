@@ -1,8 +1,12 @@
-"""User-facing errors: each becomes one clear message and exit code 2, never a traceback."""
+"""User-facing errors: each becomes one clear message and exit code 2, never a traceback.
+A run stopped by Ctrl-C exits with 130; a client's failure travels as one line plus its traceback."""
 
 import difflib
 import sys
+import traceback
 from collections.abc import Callable
+
+TRACEBACK_MARK = "\n\nRemote traceback:\n"  # in a failure reason: the one-line cause, this, the traceback
 
 
 class UserError(Exception):
@@ -17,6 +21,22 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """Data that cannot be found or read."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, after the run saved what it had computed and said so: exit code 130."""
+
+    exit_code = 130
+
+
+def failure_reason(err: BaseException) -> str:
+    """A client's failure as a Flower ``Error`` reason: ``Type: message``, then its traceback."""
+    return f"{type(err).__name__}: {err}{TRACEBACK_MARK}{''.join(traceback.format_exception(err)).rstrip()}"
+
+
+def short_reason(reason: str) -> str:
+    """The one-line cause of a failure reason made by `failure_reason` (other reasons: as given)."""
+    return reason.split(TRACEBACK_MARK, 1)[0]
 
 
 def unknown_name(kind: str, name: object, valid: list[str], key: str | None = None) -> ConfigError:
@@ -38,9 +58,14 @@ def run_cli(command: Callable[[list[str]], int], argv: list[str] | None, usage: 
 
 
 def exit_code_of(command: Callable[[], int]) -> int:
-    """Run a CLI command; a UserError becomes 'error: ...' on stderr and its exit code."""
+    """Run a CLI command; a UserError becomes 'error: ...' on stderr and its exit code, Ctrl-C
+    exit code 130 (a run reports its own interruption: fedcls.engine.runner)."""
     try:
         return command()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt as err:
+        if not isinstance(err, Interrupted):
+            print("interrupted", file=sys.stderr)
+        return Interrupted.exit_code

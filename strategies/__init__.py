@@ -11,16 +11,20 @@ A strategy module holds both halves of its algorithm and defines:
   named tensors (``inbox``: every ArrayRecord of the message besides the weights, as tensors);
 - optionally ``evaluation_hooks() -> list[Hook]`` -- hooks a site applies before evaluating
   the global model (their ``local_keys`` and ``before_evaluate``; FedBN's local BatchNorm);
-- optionally ``check(cfg) -> str | None`` -- an error message when the config cannot work
-  with this strategy (FedBN without BatchNorm).
+- optionally ``CAPABILITIES: Capabilities`` -- what the strategy's aggregation is and needs
+  (an example-weighted mean the cohort executor may pre-aggregate; a BatchNorm model; integer
+  buffers it cannot average), checked against the model by fedcls.checks;
 
-Adding a strategy is adding one file here: it is found by its file name.
+Adding a strategy is adding one file here: it is found by its file name. ``get`` reads the
+module once into a ``StrategySpec`` (the optional members filled in, the required ones checked),
+so no caller probes a module with hasattr.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -55,18 +59,66 @@ class Param:
         return None
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a strategy declares about itself (never listed elsewhere)."""
+
+    weighted_mean: bool = False  # aggregation is the example-weighted mean of the weights (FedAvg's)
+    needs_batchnorm: bool = False  # only meaningful with a BatchNorm model (FedBN)
+    integer_buffers: bool = True  # can aggregate integer buffers (BatchNorm's num_batches_tracked)
+
+
+def _no_hooks(config, inbox) -> list:
+    return []
+
+
+def _no_evaluation_hooks() -> list:
+    return []
+
+
+def _no_check(cfg: dict) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy module's contract, read once (see the module docstring)."""
+
+    name: str
+    doc: str
+    PARAMS: dict
+    build_server: Callable
+    client_hooks: Callable = _no_hooks
+    evaluation_hooks: Callable = _no_evaluation_hooks
+    check: Callable = _no_check
+    CAPABILITIES: Capabilities = Capabilities()
+
+    @classmethod
+    def of(cls, name: str, module: ModuleType) -> "StrategySpec":
+        missing = [m for m in ("PARAMS", "build_server") if not hasattr(module, m)]
+        if missing:
+            raise TypeError(f"strategies/{name}.py must define {' and '.join(missing)} (see strategies/__init__.py)")
+        optional = {f: getattr(module, f) for f in ("client_hooks", "evaluation_hooks", "check", "CAPABILITIES")
+                    if hasattr(module, f)}
+        return cls(name, module.__doc__ or "", module.PARAMS, module.build_server, **optional)
+
+
+def capabilities(name: str) -> Capabilities:
+    return get(name).CAPABILITIES
+
+
 def names() -> list[str]:
     """Names of all strategies (module names in this package)."""
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
-def get(name: str) -> ModuleType:
-    """The strategy module called `name`; ConfigError listing valid names otherwise."""
+def get(name: str) -> StrategySpec:
+    """The strategy called `name`; ConfigError listing valid names otherwise."""
     if name not in names():
         from fedcls.errors import unknown_name
 
         raise unknown_name("strategy", name, names(), key="strategy")
-    return importlib.import_module(f"{__name__}.{name}")
+    return StrategySpec.of(name, importlib.import_module(f"{__name__}.{name}"))
 
 
 def defaults(name: str) -> dict:
@@ -76,5 +128,5 @@ def defaults(name: str) -> dict:
 
 def summary(name: str) -> str:
     """The strategy's name and paper, from its module docstring's first sentence."""
-    first = " ".join((get(name).__doc__ or "").strip().split("\n\n")[0].split())
+    first = " ".join(get(name).doc.strip().split("\n\n")[0].split())
     return first.split("):")[0] + ")" if "):" in first else first

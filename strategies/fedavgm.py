@@ -6,12 +6,13 @@ Server half: Flower's FedAvgM. Client half: none.
 
 from flwr.serverapp.strategy import FedAvgM, Strategy
 
-from strategies import Param
+from strategies import Capabilities, Param
 
 PARAMS = {
     "server_learning_rate": Param(1.0, "server learning rate applied to the averaged update", minimum=0.0),
     "server_momentum": Param(0.9, "server momentum beta", minimum=0.0, maximum=1.0),
 }
+CAPABILITIES = Capabilities(weighted_mean=True)  # the cohort executor may pre-aggregate
 
 
 def build_server(params: dict, common: dict, cfg: dict) -> Strategy:

@@ -19,21 +19,15 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
 
 from fedcls.algorithms.training import Hook, TrainContext
+from strategies import Capabilities
 
 PARAMS: dict = {}
 STATE_KEY = "fedbn"
-BN_MODELS = "model=simple_cnn_bn, or model=resnet18 with model.norm=batch"
+CAPABILITIES = Capabilities(needs_batchnorm=True)
 
 
 def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
     return FedAvg(**common)
-
-
-def check(cfg: dict) -> str | None:
-    model = cfg["model"]
-    if model["name"] == "simple_cnn_bn" or (model["name"] == "resnet18" and model["norm"] == "batch"):
-        return None
-    return f"strategy=fedbn needs a model with BatchNorm; {model['name']} has none: use {BN_MODELS}"
 
 
 def batchnorm_keys(model: nn.Module) -> set[str]:

@@ -6,9 +6,11 @@ Server half: Flower's FedYogi. Client half: none (local SGD with the run's lr).
 
 from flwr.serverapp.strategy import FedYogi, Strategy
 
+from strategies import Capabilities
 from strategies._fedopt import build_fedopt, fedopt_params
 
 PARAMS = fedopt_params(eta=0.03, betas=(0.9, 0.99))  # eta: results/studies/strategy_defaults
+CAPABILITIES = Capabilities(weighted_mean=True)  # the cohort executor may pre-aggregate
 
 
 def build_server(params: dict, common: dict, cfg: dict) -> Strategy:

@@ -11,25 +11,17 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import QFedAvg, Strategy
 
 from fedcls.algorithms.training import Hook, TrainContext, evaluate
-from strategies import Param
+from strategies import Capabilities, Param
 
 PARAMS = {"q": Param(0.1, "fairness exponent q (0 weighs all clients by plain FedAvg steps)", minimum=0.0)}
+# Flower's QFedAvg scales every array in float and fails on integer buffers (BatchNorm's
+# num_batches_tracked): found by the Ray strategy test with simple_cnn_bn
+CAPABILITIES = Capabilities(integer_buffers=False)
 LOSS_KEY = "initial_loss"
 
 
 def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
     return QFedAvg(client_learning_rate=cfg["lr"], q=params["q"], train_loss_key=LOSS_KEY, **common)
-
-
-def check(cfg: dict) -> str | None:
-    """Flower's QFedAvg scales every array in float and fails on integer buffers
-    (BatchNorm's num_batches_tracked): found by the Ray strategy test with simple_cnn_bn."""
-    model = cfg["model"]
-    if model["name"] == "simple_cnn_bn" or (model["name"] == "resnet18" and model["norm"] == "batch"):
-        return (f"strategy=qfedavg cannot aggregate the integer BatchNorm counters of model="
-                f"{model['name']}: use a model without BatchNorm (e.g. model=simple_cnn, or "
-                "model.norm=group for resnet18)")
-    return None
 
 
 class InitialLoss(Hook):

@@ -60,7 +60,7 @@ class Nodes:
 def train_site(msg: Message, module, params: TrainParams, n: int, state: dict) -> Message:
     """A site's answer to a train message, built as the ClientApp builds it (fedcls.apps.client_app)."""
     inbox = {k: r.to_torch_state_dict() for k, r in msg.content.array_records.items() if k != "arrays"}
-    hooks = module.client_hooks(msg.content["config"], inbox) if hasattr(module, "client_hooks") else []
+    hooks = module.client_hooks(msg.content["config"], inbox)
     model = Point()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     result = local_update(model, site(n), params, hooks, state)

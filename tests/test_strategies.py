@@ -271,3 +271,28 @@ def test_every_strategy_builds_and_bulyan_checks_its_client_count():
         compose(["strategy=qfedavg", "model=simple_cnn_bn"])
     with pytest.raises(ConfigError, match="4\\*num_malicious\\+3"):
         compose(["strategy=bulyan", "strategy.num_malicious=2"])
+
+
+def test_strategies_declare_their_capabilities_in_their_own_file():
+    from fedcls.apps.cohort import preaggregate
+
+    assert preaggregate.eligible("fedavg") and preaggregate.eligible("fedadam")
+    assert not preaggregate.eligible("scaffold") and not preaggregate.eligible("fedbn")
+    assert strategies.capabilities("fedbn").needs_batchnorm
+    with pytest.raises(ConfigError, match="needs a model with BatchNorm"):
+        compose(["strategy=fedbn", "model=simple_cnn"])
+    assert compose(["strategy=fedbn", "model=simple_cnn_bn"])["strategy"]["name"] == "fedbn"
+    # the contract is read once: required members named, optional ones filled in
+    with pytest.raises(TypeError, match="strategies/broken.py must define build_server"):
+        strategies.StrategySpec.of("broken", _module(PARAMS={}))
+    spec = strategies.StrategySpec.of("plain", _module(PARAMS={}, build_server=print))
+    assert spec.client_hooks(None, {}) == [] and spec.evaluation_hooks() == []
+    assert spec.CAPABILITIES == strategies.Capabilities()
+
+
+def _module(**members):
+    import types
+
+    module = types.ModuleType("m", "A test strategy.")
+    module.__dict__.update(members)
+    return module

@@ -102,6 +102,13 @@ MODELS: dict[str, Callable[[tuple[int, int, int], int, dict], Classifier]] = {
     "mlp": mlp, "simple_cnn": simple_cnn, "simple_cnn_bn": simple_cnn_bn, "resnet18": resnet18,
     "vit_tiny": vit_tiny}
 NORMS = ("batch", "group")
+BATCHNORM_MODELS = "model=simple_cnn_bn, or model=resnet18 with model.norm=batch"
+
+
+def has_batchnorm(model_cfg: dict) -> bool:
+    """Whether the configured model has BatchNorm layers (FedBN needs them; integer running
+    counters some strategies cannot average)."""
+    return model_cfg["name"] == "simple_cnn_bn" or (model_cfg["name"] == "resnet18" and model_cfg["norm"] == "batch")
 
 
 def build_model(cfg: dict, shape: tuple[int, int, int], num_classes: int) -> Classifier:

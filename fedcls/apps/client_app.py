@@ -83,14 +83,12 @@ def _inbox(msg: Message) -> dict:
 
 def _hooks(cfg: dict, msg: Message, inbox: dict) -> list:
     """The strategy's client hooks, then CORAL's (when enabled and statistics came)."""
-    module = strategies.get(cfg["strategy"]["name"])
-    hooks = module.client_hooks(msg.content["config"], inbox) if hasattr(module, "client_hooks") else []
+    hooks = strategies.get(cfg["strategy"]["name"]).client_hooks(msg.content["config"], inbox)
     return hooks + coral.client_hooks(cfg, inbox)
 
 
 def _evaluation_hooks(cfg: dict) -> list:
-    module = strategies.get(cfg["strategy"]["name"])
-    return module.evaluation_hooks() if hasattr(module, "evaluation_hooks") else []
+    return strategies.get(cfg["strategy"]["name"]).evaluation_hooks()
 
 
 def _site_data(cfg: dict, runtime, site: int, server_round: int):

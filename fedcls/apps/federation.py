@@ -28,7 +28,7 @@ from fedcls.apps.client_app import CONFIG_KEY, SITE_KEY
 from fedcls.apps.features import extensions_for
 from fedcls.data.federated import federated_data
 from fedcls.data.site_folders import FEDERATION_KEY, federation_info
-from fedcls.errors import ConfigError
+from fedcls.errors import ConfigError, short_reason
 from fedcls.outputs import checkpoint
 from fedcls.outputs.results import Recorder
 
@@ -137,13 +137,20 @@ def global_evaluator(cfg: dict):
 
 
 def _failures(replies: list[Message]) -> list[str]:
-    """Short reasons of failed replies (Flower's carry a whole Ray traceback)."""
+    """Short reasons of failed replies (Flower's carry a whole Ray traceback, the cohort
+    worker's its own: fedcls.errors.failure_reason)."""
     reasons = []
     for m in (m for m in replies if m.has_error()):
-        reason = str(m.error.reason)
+        reason = short_reason(str(m.error.reason))
         short = reason.rsplit("Message: ", 1)[-1] if "Message: " in reason else reason.splitlines()[-1]
         reasons.append(short.strip().rstrip("'>").strip())
     return reasons
+
+
+def _failure_details(replies: list[Message], site_of_node: dict[int, int], phase: str) -> list[tuple]:
+    """(site, phase, whole reason) of each failed reply, for the run folder's client_errors.txt."""
+    return [(site_of_node.get(m.metadata.src_node_id, -1), phase, str(m.error.reason))
+            for m in replies if m.has_error()]
 
 
 def _trained_sites(replies: list[Message]) -> list[list[int]]:
@@ -224,6 +231,7 @@ def _round(grid: SiteOrderedGrid, cfg: dict, rnd: int, arrays: ArrayRecord, stra
     train_seconds = time.perf_counter() - train_started
     replies, failed = faults.screen(messages, replies, grid.site_of_node)
     failed = {"dropped": dropped, **failed}
+    recorder.client_errors(rnd, _failure_details(replies, grid.site_of_node, "train"))
     for ext in extensions:
         replies = ext.incoming(replies)
     usable = sum(not m.has_error() for m in replies)
@@ -248,6 +256,7 @@ def _round(grid: SiteOrderedGrid, cfg: dict, rnd: int, arrays: ArrayRecord, stra
     extra = {k: v for ext in extensions for k, v in
              {**ext.after_evaluate(rnd, eval_replies), **ext.after_round(rnd, arrays)}.items()}
     recorder.extras = {k: v for ext in extensions for k, v in ext.summary().items()}
+    recorder.client_errors(rnd, _failure_details(eval_replies, grid.site_of_node, "evaluate"))
     recorder.round(rnd, {
         "accuracy": accuracy, "loss": loss,
         "train": {k: v for k, v in dict(train_metrics or {}).items() if k not in PER_CLIENT},

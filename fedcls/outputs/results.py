@@ -12,11 +12,15 @@ import os
 import platform
 import sys
 import time
+import traceback
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+ERROR_FILE = "error.txt"  # a failed run's traceback, versions and command
+CLIENT_ERRORS_FILE = "client_errors.txt"  # every failed client reply's whole reason, by round
 
 
 def versions() -> dict[str, str]:
@@ -71,6 +75,7 @@ class Recorder:
         self.rows: list[dict] = []
         self.partition_counts: list[list[int]] = []
         self.extras: dict = {}  # summary keys from server extensions (continual metrics, ...)
+        self.error_file: str | None = None  # ERROR_FILE once the run failed
         self.started = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.run_dir / "config.yaml", to_yaml(cfg))
@@ -119,6 +124,8 @@ class Recorder:
             "num_clients": self.cfg["num_clients"], "partition": self.cfg["partition"]["kind"],
             "partition_counts": self.partition_counts,
             "versions": versions(), "command": " ".join(sys.argv), **self.extras,
+            **({"error_file": self.error_file} if self.error_file and status != "completed" else {}),
+            **({"client_errors": CLIENT_ERRORS_FILE} if (self.run_dir / CLIENT_ERRORS_FILE).exists() else {}),
             **({"resume_with": f"python -m fedcls.simulate resume={self.run_dir}"}
                if status != "completed" and (self.run_dir / "checkpoint.pt").exists() else {}),
         }
@@ -135,6 +142,28 @@ class Recorder:
 
         plot_run(self.rows, self.partition_counts, self.run_dir / "plots")
         return summary
+
+
+    def record_error(self, err: BaseException, status: str = "failed") -> Path:
+        """Keep a failure's evidence: ERROR_FILE (run id, versions, command, the whole traceback)
+        in the run folder, named by summary.json (rewritten with `status`); returns its path."""
+        header = [f"run {self.run_dir.name} (run_id {self.cfg['run_id']}) {status} at {datetime.now():%Y-%m-%d %H:%M:%S} "
+                  f"after {len(self.rows)} of {self.cfg['rounds']} rounds; its config: config.yaml",
+                  "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+                  "command: " + " ".join(sys.argv), ""]
+        path = self.run_dir / ERROR_FILE
+        write_atomic(path, "\n".join(header) + "".join(traceback.format_exception(err)))
+        self.error_file = ERROR_FILE
+        write_atomic(self.run_dir / "summary.json",
+                     json.dumps(self.summary(status, f"{type(err).__name__}: {err}"), indent=2))
+        return path
+
+    def client_errors(self, rnd: int, failures: list[tuple[int, str, str]]) -> None:
+        """Append the whole reasons of a round's failed client replies, (site, phase, reason) each,
+        to CLIENT_ERRORS_FILE (metrics.jsonl and the console keep one line per failure)."""
+        if failures:
+            with (self.run_dir / CLIENT_ERRORS_FILE).open("a") as f:
+                f.writelines(f"round {rnd}, site {site}, {phase}:\n{reason}\n\n" for site, phase, reason in failures)
 
 
 def to_yaml(cfg: dict) -> str:

@@ -1,6 +1,6 @@
 """Pre-aggregation inside a cohort actor (``backend.pre_aggregate=true``), for strategies whose
-aggregation is an example-weighted mean of the clients' weights (FedAvg and the strategies built
-on it: FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad).
+aggregation is an example-weighted mean of the clients' weights (they declare it:
+``Capabilities(weighted_mean=True)``, e.g. FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad).
 
 The actor averages its cohort's weights itself; the first client's reply carries that mean with
 the cohort's example count and the cohort's example-weighted metrics, the others carry their own
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-WEIGHTED_MEAN = {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"}
 OWN = ("site", "participations")  # metrics that stay each client's own
 
 
@@ -42,5 +41,7 @@ def _reply(request: Message, arrays: ArrayRecord, metrics: dict) -> Message:
 
 
 def eligible(strategy: str) -> bool:
-    return strategy in WEIGHTED_MEAN
+    import strategies
+
+    return strategies.capabilities(strategy).weighted_mean
 

@@ -17,6 +17,7 @@ from flwr.common.constant import ErrorCode
 from fedcls.apps import client_app
 from fedcls.apps.cohort import preaggregate
 from fedcls.apps.cohort.train import CohortClient, cohort_blocker, cohort_update
+from fedcls.errors import failure_reason
 
 
 class CohortWorker:
@@ -113,5 +114,7 @@ class CohortWorker:
 
 
 def error_reply(msg: Message, err: Exception) -> Message:
-    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+    """The failed client's reply, as Flower's ClientApp errors are: its reason is the one-line
+    cause, then the worker's traceback (the server keeps it in the run folder's client_errors.txt)."""
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=failure_reason(err)), reply_to=msg)
 
