@@ -39,7 +39,7 @@ import dataclasses
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fedcls.algorithms.extension import Extension
+from fedcls.algorithms.feature import ClientHalf, Extension, Feature
 from fedcls.algorithms.training import Hook, LocalResult, TrainContext, TrainParams, local_update
 
 STATS_RECORD = "coral.stats"  # train-message record: the other side's pooled mean and covariance
@@ -279,3 +279,37 @@ class CoralServer(Extension):
         return {"coral": {"lambda": c["lambda"], "mode": c["mode"], "loss": c["loss"],
                           "train_targets": c["train_targets"],
                           "statistics_from": "all sites" if self._wanted() != self.targets else sorted(self.targets)}}
+
+
+def asks_for_statistics(msg) -> bool:
+    """A query message asking a site for its feature statistics (sent by CORAL's and
+    recolouring's server halves)."""
+    return "config" in msg.content.config_records and REQUEST in msg.content["config"]
+
+
+class AnswersStatistics(ClientHalf):
+    """Client half that answers the statistics query: the mean and covariance of the site's
+    unlabelled training features under the weights sent."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+
+    def answers(self, msg) -> bool:
+        return asks_for_statistics(msg)
+
+    def answer(self, model, x: torch.Tensor) -> RecordDict:
+        return RecordDict({STATS_RECORD: ArrayRecord(site_feature_stats(model, x))})
+
+
+class CoralClient(AnswersStatistics):
+    """CORAL's client half: the CORAL loss after the strategy's hooks (once statistics came), and
+    a target site trains on it alone (its labels never used)."""
+
+    def hooks_last(self, job, inbox: dict) -> list[Hook]:
+        return client_hooks(self.cfg, inbox)
+
+    def local_update(self, job):
+        return unsupervised_update if trains_unsupervised(self.cfg, job.site) else None
+
+
+FEATURE = Feature("coral", lambda cfg: bool(cfg["coral"]["enabled"]), server=CoralServer, client=CoralClient)

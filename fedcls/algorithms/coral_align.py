@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fedcls.algorithms.coral import REQUEST, STATS_RECORD, pool, site_feature_stats
-from fedcls.algorithms.extension import Extension
+from fedcls.algorithms.coral import REQUEST, STATS_RECORD, AnswersStatistics, pool, site_feature_stats
+from fedcls.algorithms.feature import Extension, Feature
 from fedcls.algorithms.training import Hook
 
 RECORD = "coral.recolour"  # evaluate-message record: the sources' pooled mean and covariance
@@ -109,3 +109,15 @@ class RecolourServer(Extension):
             m.content = RecordDict({**dict(m.content.items()), RECORD: ArrayRecord(
                 {"mean": source["mean"], "cov": source["cov"]})})
         return messages
+
+
+class RecolourClient(AnswersStatistics):
+    """The client half: a target evaluates with its features re-coloured (after the strategy's
+    evaluation hooks, FedBN's AdaBN first); every site answers the statistics query."""
+
+    def evaluation_hooks(self, inbox: dict) -> list[Hook]:
+        return evaluation_hooks(self.cfg, inbox)
+
+
+FEATURE = Feature("coral_align", lambda cfg: cfg["coral"]["align"] == "recolour", server=RecolourServer,
+                  client=RecolourClient)

@@ -8,7 +8,7 @@ targets)."""
 
 from __future__ import annotations
 
-from fedcls.algorithms.extension import Extension
+from fedcls.algorithms.feature import Extension, Feature
 from fedcls.data.domains import site_domain
 
 
@@ -46,3 +46,5 @@ class DomainEvaluation(Extension):
                 "site_domains": [site_domain(self.cfg, s) for s in range(self.cfg["num_clients"])],
                 "target_dataset": d["target_dataset"]}
 
+
+FEATURE = Feature("domain_eval", lambda cfg: bool(cfg["domain"]["targets"]), server=DomainEvaluation)

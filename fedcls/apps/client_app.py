@@ -16,11 +16,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 import strategies
-from fedcls.algorithms import continual, coral, coral_align
-from fedcls.algorithms.continual.schedule import site_experience
+from fedcls.algorithms.feature import ClientHalf, SiteRound
 from fedcls.algorithms.training import TrainParams, evaluate, local_update
-from fedcls.apps import faults, site_state
+from fedcls.apps import site_state
+from fedcls.apps.features import client_halves
 from fedcls.apps.runtime import get_runtime
+from fedcls.apps.torch_settings import apply_torch_settings
 from fedcls.data import site_folders
 from fedcls.outputs import checkpoint
 
@@ -63,9 +64,7 @@ def _save_state(context: Context, state: dict) -> None:
 def _setup(msg: Message, context: Context):
     config = msg.content["config"]
     cfg = json.loads(str(config[CONFIG_KEY]))
-    torch.set_num_threads(max(int(cfg["backend"]["num_cpus"]), 1))
-    # TF32 policy: exact float32 unless backend.tf32 (PyTorch allows TF32 convolutions by default)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg["backend"]["tf32"])
+    apply_torch_settings(cfg["backend"]["num_cpus"], cfg["backend"]["tf32"])  # once per process
     return cfg, config, get_runtime(cfg, site_folder=_folder(context))
 
 
@@ -81,23 +80,21 @@ def _inbox(msg: Message) -> dict:
             if key != "arrays"}
 
 
-def _hooks(cfg: dict, msg: Message, inbox: dict) -> list:
-    """The strategy's client hooks, then CORAL's (when enabled and statistics came)."""
-    hooks = strategies.get(cfg["strategy"]["name"]).client_hooks(msg.content["config"], inbox)
-    return hooks + coral.client_hooks(cfg, inbox)
+def _strategy_hooks(cfg: dict, msg: Message, inbox: dict) -> list:
+    return strategies.get(cfg["strategy"]["name"]).client_hooks(msg.content["config"], inbox)
 
 
 def _evaluation_hooks(cfg: dict) -> list:
     return strategies.get(cfg["strategy"]["name"]).evaluation_hooks()
 
 
-def _site_data(cfg: dict, runtime, site: int, server_round: int):
-    """(data, continual stream or None, experience or None) of a site in a round."""
-    if not continual.enabled(cfg):
-        return runtime.site(site), None, None
-    stream = runtime.stream(cfg, site)
-    exp = site_experience(cfg, site, server_round)
-    return stream.tensors[exp], stream, exp
+def _site_round(halves: list[ClientHalf], runtime, site: int, server_round: int) -> SiteRound:
+    """A site's data in a round: a feature's (continual learning: the current experience), else
+    its share of the dataset."""
+    for half in halves:
+        if (found := half.site_round(runtime, site, server_round)) is not None:
+            return found
+    return SiteRound(runtime.site(site))
 
 
 def _load_weights(model, arrays: ArrayRecord, hooks: list) -> set[str]:
@@ -122,38 +119,42 @@ class TrainJob:
     round: int
     site: int
     model: torch.nn.Module  # the runtime's model, holding the global weights
-    data: object  # SiteTensors of this round (a continual site: its experience)
+    site_round: SiteRound  # the site's data this round (a continual site: its experience)
     params: TrainParams
     hooks: list
     state: dict
     local_keys: set[str]
     participations: int
-    fault: str | None = None  # an injected fault (fedcls.apps.faults)
+    features: list[ClientHalf]  # the enabled features' client halves (fedcls.apps.features)
+
+    @property
+    def data(self):
+        return self.site_round.data
 
 
 def prepare_train(msg: Message, context: Context) -> TrainJob:
-    """Load the global weights into the runtime's model and build the client's hooks and state."""
+    """Load the global weights into the runtime's model and build the client's hooks and state:
+    the features' first hooks, the strategy's, the features' last ones."""
     cfg, config, runtime = _setup(msg, context)
     site, rnd = site_id(context), int(config["server-round"])
     seed = round_seed(cfg, rnd, site)
     torch.manual_seed(seed)
     params = TrainParams(cfg["local_epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"],
                          cfg["weight_decay"], seed)
-    inbox = _inbox(msg)
-    hooks = _hooks(cfg, msg, inbox)
+    inbox, halves = _inbox(msg), client_halves(cfg)
+    hooks = _strategy_hooks(cfg, msg, inbox)
     local_keys = _load_weights(runtime.model, msg.content["arrays"], hooks)
-    fault = faults.client_side(cfg, rnd, site)  # an injected crash raises here
+    for half in halves:
+        half.before_train(rnd, site)  # an injected crash raises here
     site_state.restore(context, site)  # a restarted SuperNode: the state from the site's disk
     _restore_checkpointed(cfg, context, site)  # a resumed simulation: the state of its checkpoint
     state = _load_state(context)
     rounds = int(state.pop("fedcls", {}).get("participations", torch.tensor(0))) + 1
-    data, stream, exp = _site_data(cfg, runtime, site, rnd)
-    if stream is not None:  # first, so replay's memory is in the data the other hooks see
-        from fedcls.algorithms.continual.client import continual_hooks  # imports Avalanche: only when used
-
-        hooks = continual_hooks(cfg, stream, exp, state, inbox) + hooks
-    return TrainJob(msg, context, cfg, rnd, site, runtime.model, data, params, hooks, state, local_keys,
-                    rounds, fault)
+    job = TrainJob(msg, context, cfg, rnd, site, runtime.model, _site_round(halves, runtime, site, rnd), params,
+                   hooks, state, local_keys, rounds, halves)
+    job.hooks = ([h for half in halves for h in half.hooks_first(job, inbox)] + hooks
+                 + [h for half in halves for h in half.hooks_last(job, inbox)])
+    return job
 
 
 def _restore_checkpointed(cfg: dict, context: Context, site: int) -> None:
@@ -172,17 +173,17 @@ def train_reply(job: TrainJob, result, weights: dict) -> Message:
     metrics = {**result.metrics, "participations": float(job.participations), "site": float(job.site),
                "num-examples": result.examples}
     weights = {k: v for k, v in weights.items() if k not in job.local_keys}
-    if job.fault == "nan":
-        weights = faults.poisoned(weights)
+    for half in job.features:
+        weights = half.outgoing_weights(job, weights)  # fault injection: poisoned
     content = RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics),
                           **{name: ArrayRecord(t) for name, t in result.outbox.items()}})
     return Message(content=content, reply_to=job.msg)
 
 
 def run_job(job: TrainJob) -> Message:
-    """Train one prepared client in the one loop and answer (the model holds the global weights).
-    A target site (domain.targets) never trains on its labels: CORAL's unsupervised update."""
-    update = coral.unsupervised_update if coral.trains_unsupervised(job.cfg, job.site) else local_update
+    """Train one prepared client in the one loop and answer (the model holds the global weights);
+    a feature may train it its own way (a CORAL target site never uses its labels)."""
+    update = next((u for half in job.features if (u := half.local_update(job)) is not None), local_update)
     result = update(job.model, job.data, job.params, job.hooks, job.state)
     return train_reply(job, result, job.model.state_dict())
 
@@ -195,13 +196,14 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
     cfg, config, runtime = _setup(msg, context)
-    site = site_id(context)
-    hooks = _evaluation_hooks(cfg) + coral_align.evaluation_hooks(cfg, _inbox(msg))
+    site, halves, inbox = site_id(context), client_halves(cfg), _inbox(msg)
+    hooks = _evaluation_hooks(cfg) + [h for half in halves for h in half.evaluation_hooks(inbox)]
     _load_weights(runtime.model, msg.content["arrays"], hooks)
-    data, stream, exp = _site_data(cfg, runtime, site, int(config.get("server-round", 1)))
+    site_round = _site_round(halves, runtime, site, int(config.get("server-round", 1)))
+    data = site_round.data
     for hook in hooks:  # e.g. FedBN puts the site's own BatchNorm back
         hook.before_evaluate(runtime.model, _load_state(context), data.train_x)
-    test_x, test_y = (data.test_x, data.test_y) if stream is None else stream.seen_test(exp)
+    test_x, test_y = site_round.test_split()
     loss, acc = evaluate(runtime.model, test_x, test_y, noise_scale=data.noise_scale,
                          seed=round_seed(cfg, 0, site))
     metrics = MetricRecord({"loss": loss, "accuracy": acc, "num-examples": len(test_y),
@@ -211,15 +213,16 @@ def evaluate_local(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Tell the server which site this node serves (see fedcls.apps.federation.discover_sites), or,
-    asked by CORAL, the feature statistics of the site's unlabelled data under the weights sent."""
-    if "config" in msg.content.config_records and coral.REQUEST in msg.content["config"]:
+    """Tell the server which site this node serves (see fedcls.apps.federation.discover_sites), or
+    answer a feature's query (CORAL's feature statistics) under the weights sent, the model
+    prepared as for evaluation (FedBN: the site's own BatchNorm)."""
+    if "config" in msg.content.config_records and CONFIG_KEY in msg.content["config"]:
         cfg, _, runtime = _setup(msg, context)
-        _load_weights(runtime.model, msg.content["arrays"], _hooks(cfg, msg, {}))
-        x = runtime.site(site_id(context)).train_x
-        for hook in _evaluation_hooks(cfg):  # FedBN: the site's own BatchNorm
-            hook.before_evaluate(runtime.model, _load_state(context), x)
-        stats = coral.site_feature_stats(runtime.model, x)
-        return Message(content=RecordDict({coral.STATS_RECORD: ArrayRecord(stats)}), reply_to=msg)
+        if half := next((h for h in client_halves(cfg) if h.answers(msg)), None):
+            _load_weights(runtime.model, msg.content["arrays"], _strategy_hooks(cfg, msg, {}))
+            x = runtime.site(site_id(context)).train_x
+            for hook in _evaluation_hooks(cfg):
+                hook.before_evaluate(runtime.model, _load_state(context), x)
+            return Message(content=half.answer(runtime.model, x), reply_to=msg)
     return Message(content=RecordDict({"site": ConfigRecord({SITE_KEY: site_id(context)})}),
                    reply_to=msg)

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from flwr.app import Message
 
+from fedcls.algorithms.feature import ClientHalf, Feature
+
 KINDS = ("drop", "crash", "nan", "straggler")
 
 
@@ -131,3 +133,21 @@ def screen(sent: list[Message], replies: list[Message], site_of_node: dict[int, 
     bad_ids = {id(m) for m in bad}
     usable = [m for m in replies if id(m) not in bad_ids]
     return usable, {"late": late, "crashed": crashed, "non_finite": non_finite}
+
+
+class FaultInjection(ClientHalf):
+    """The client half of fault injection: a crash raises before training, a NaN fault poisons
+    the weights sent (drops and stragglers are acted out by the server, fedcls.apps.federation)."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+
+    def before_train(self, rnd: int, site: int) -> None:
+        client_side(self.cfg, rnd, site)
+
+    def outgoing_weights(self, job, weights: dict) -> dict:
+        return poisoned(weights) if fault_of(self.cfg, job.round, job.site) == "nan" else weights
+
+
+FEATURE = Feature("faults", lambda cfg: bool(cfg["faults"]["crash_prob"] or cfg["faults"]["nan_prob"]),
+                  client=FaultInjection)

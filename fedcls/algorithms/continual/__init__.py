@@ -9,6 +9,7 @@
     client.py     the hooks a site adds for its continual method
     server.py     per-experience evaluation, the accuracy matrix, importance aggregation
     metrics.py    average accuracy, forgetting and BWT with Avalanche's definitions
+    feature.py    the plug-in: its client half (a site's experience, the method's hooks) and server half
 
 Off unless ``continual.kind`` is set (scenario files continual_classes, continual_domains).
 """

@@ -29,7 +29,7 @@ from fedcls.algorithms.continual.ewc import (
 )
 from fedcls.algorithms.continual.metrics import continual_metrics
 from fedcls.algorithms.continual.streams import class_groups, global_test_sets
-from fedcls.algorithms.extension import Extension
+from fedcls.algorithms.feature import Extension
 from fedcls.algorithms.models import build_model
 from fedcls.algorithms.training import evaluate
 from fedcls.data.federated import federated_data

@@ -1,0 +1,79 @@
+"""Features are plug-ins with two halves: the registry (fedcls.apps.features) decides which run,
+and a new feature reaches the ClientApp and the round loop without either naming it."""
+
+import json
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from fedcls.algorithms.feature import ClientHalf, Extension, Feature
+from fedcls.algorithms.models import build_model
+from fedcls.algorithms.training import Hook
+from fedcls.apps import client_app, features
+from fedcls.config import compose
+from fedcls.data.federated import federated_data
+from strategy_helpers import identity
+from test_architecture import import_graph
+
+ARGS = ["dataset=synthetic", "data.synthetic.num_samples=300", "model=mlp", "num_clients=2", "local_epochs=1"]
+FEATURE_MODULES = ("fedcls.algorithms.coral", "fedcls.algorithms.coral_align", "fedcls.algorithms.continual",
+                   "fedcls.algorithms.domain_eval", "fedcls.apps.faults")
+
+
+def names(halves) -> list[str]:
+    return [type(h).__name__ for h in halves]
+
+
+def test_the_registry_turns_on_the_halves_a_config_asks_for():
+    assert features.client_halves(compose(ARGS)) == [] and features.extensions_for(compose(ARGS)) == []
+    cfg = compose(["scenario=digits_shift", "coral.enabled=true", "coral.align=recolour"])
+    assert names(features.extensions_for(cfg)) == ["DomainEvaluation", "CoralServer", "RecolourServer"]
+    assert names(features.client_halves(cfg)) == ["CoralClient", "RecolourClient"]
+    cfg = compose(["scenario=continual_classes", "faults.nan_prob=0.5"])
+    assert names(features.client_halves(cfg)) == ["ContinualClient", "FaultInjection"]
+    assert names(features.extensions_for(cfg)) == ["ContinualServer"]
+
+
+def test_the_client_app_names_no_feature():
+    imported = import_graph()["fedcls.apps.client_app"]
+    assert not [m for m in imported if m.startswith(FEATURE_MODULES)]
+
+
+class Marker(Hook):
+    def __init__(self, log: list):
+        self.log = log
+
+    def before_training(self, ctx) -> None:
+        self.log.append(("trains", len(ctx.data.train_y)))
+
+
+class ZeroBias(ClientHalf):
+    """A toy feature: a hook before the strategy's, and the bias zeroed in what the site sends."""
+
+    def __init__(self, log: list):
+        self.log = log
+
+    def hooks_first(self, job, inbox: dict) -> list:
+        return [Marker(self.log)]
+
+    def outgoing_weights(self, job, weights: dict) -> dict:
+        return {k: torch.zeros_like(v) if k.endswith("bias") else v for k, v in weights.items()}
+
+
+def test_a_new_feature_plugs_into_the_client_app_without_touching_it(monkeypatch):
+    identity(monkeypatch)
+    log: list = []
+    toy = Feature("toy", lambda cfg: True, server=lambda cfg: Extension(), client=lambda cfg: ZeroBias(log))
+    monkeypatch.setattr(features, "FEATURES", (*features.FEATURES, toy))
+    cfg = compose(ARGS)
+    ds = federated_data(cfg).dataset
+    weights = build_model(cfg, ds.shape, ds.num_classes).state_dict()
+    msg = Message(RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord(
+        {client_app.CONFIG_KEY: json.dumps(cfg), "server-round": 1})}), dst_node_id=1, message_type="train")
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    reply = client_app.train(msg, context)
+    sent = reply.content["arrays"].to_torch_state_dict()
+    assert log == [("trains", int(reply.content["metrics"]["num-examples"]))]
+    assert all(not v.any() for k, v in sent.items() if k.endswith("bias"))
+    assert any(v.any() for k, v in sent.items() if k.endswith("weight"))
+    assert names(features.extensions_for(cfg)) == ["Extension"]
