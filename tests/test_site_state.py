@@ -45,3 +45,20 @@ def test_a_restarted_site_continues_from_the_state_on_its_disk(monkeypatch, tmp_
     plain = context(tmp_path / "other", state_dir=False)
     assert train(train_message(cfg, 3), plain).content["metrics"]["participations"] == 1
     assert not (tmp_path / "other").exists()
+
+
+def test_one_save_serves_the_context_the_state_dir_and_the_checkpoint(tmp_path):
+    from fedcls.apps import client_state
+    from fedcls.outputs import checkpoint
+
+    cfg = {checkpoint.PAYLOAD_KEY: {"dir": str(tmp_path / "run"), "upto": 2}}  # last checkpoint: round 2
+    live = context(tmp_path)
+    for rnd in (1, 2, 3):
+        client_state.save(live, 1, {"c": {"v": torch.tensor([float(rnd)])}}, cfg, rnd)
+    assert client_state.load(live, 1, cfg)["c"]["v"].item() == 3.0
+    # round 1's file is dropped: no checkpoint can need it; round 2's is the checkpoint's
+    assert sorted(p.name for p in (tmp_path / "run" / "site-1").iterdir()) == ["round-2.pt", "round-3.pt"]
+    # a new process resuming the simulation (empty context, no state-dir): the checkpointed round 2
+    assert client_state.load(context(tmp_path / "elsewhere", state_dir=False), 1, cfg)["c"]["v"].item() == 2.0
+    # a restarted SuperNode (empty context, its state-dir): its newest state, round 3
+    assert client_state.load(context(tmp_path), 1, cfg)["c"]["v"].item() == 3.0

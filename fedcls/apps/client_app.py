@@ -18,16 +18,14 @@ from flwr.clientapp import ClientApp
 import strategies
 from fedcls.algorithms.feature import ClientHalf, SiteRound
 from fedcls.algorithms.training import TrainParams, evaluate, local_update
-from fedcls.apps import site_state
+from fedcls.apps import client_state
 from fedcls.apps.features import client_halves
 from fedcls.apps.runtime import get_runtime
 from fedcls.apps.torch_settings import apply_torch_settings
 from fedcls.data import site_folders
-from fedcls.outputs import checkpoint
 
 CONFIG_KEY = "fedcls-config"  # ConfigRecord entry holding the resolved config as JSON
 SITE_KEY = "site-id"
-STATE_PREFIX = "fedcls."  # client state entries in context.state (one ArrayRecord each)
 
 app = ClientApp()
 
@@ -49,16 +47,6 @@ def site_id(context: Context) -> int:
 def round_seed(cfg: dict, server_round: int, site: int) -> int:
     """Seed of one client's local work in one round, derived from (seed, round, site)."""
     return int(np.random.SeedSequence([cfg["seed"], server_round, site]).generate_state(1)[0])
-
-
-def _load_state(context: Context) -> dict:
-    return {key[len(STATE_PREFIX):]: rec.to_torch_state_dict()
-            for key, rec in context.state.array_records.items() if key.startswith(STATE_PREFIX)}
-
-
-def _save_state(context: Context, state: dict) -> None:
-    for name, tensors in state.items():
-        context.state[STATE_PREFIX + name] = ArrayRecord({k: v.detach().cpu() for k, v in tensors.items()})
 
 
 def _setup(msg: Message, context: Context):
@@ -146,9 +134,7 @@ def prepare_train(msg: Message, context: Context) -> TrainJob:
     local_keys = _load_weights(runtime.model, msg.content["arrays"], hooks)
     for half in halves:
         half.before_train(rnd, site)  # an injected crash raises here
-    site_state.restore(context, site)  # a restarted SuperNode: the state from the site's disk
-    _restore_checkpointed(cfg, context, site)  # a resumed simulation: the state of its checkpoint
-    state = _load_state(context)
+    state = client_state.load(context, site, cfg)  # a new process: from the site's disk or the checkpoint
     rounds = int(state.pop("fedcls", {}).get("participations", torch.tensor(0))) + 1
     job = TrainJob(msg, context, cfg, rnd, site, runtime.model, _site_round(halves, runtime, site, rnd), params,
                    hooks, state, local_keys, rounds, halves)
@@ -157,19 +143,10 @@ def prepare_train(msg: Message, context: Context) -> TrainJob:
     return job
 
 
-def _restore_checkpointed(cfg: dict, context: Context, site: int) -> None:
-    spec = cfg.get(checkpoint.PAYLOAD_KEY)
-    if spec and not any(k.startswith(STATE_PREFIX) for k in context.state.array_records):
-        _save_state(context, checkpoint.read_client_state(spec, site) or {})
-
-
 def train_reply(job: TrainJob, result, weights: dict) -> Message:
     """Save the client's new state and answer with its weights, metrics and named tensors."""
     state = {**result.state, "fedcls": {"participations": torch.tensor(job.participations)}}
-    _save_state(job.context, state)
-    site_state.persist(job.context, job.site)
-    if spec := job.cfg.get(checkpoint.PAYLOAD_KEY):
-        checkpoint.write_client_state(spec, job.site, job.round, _load_state(job.context))
+    client_state.save(job.context, job.site, state, job.cfg, job.round)
     metrics = {**result.metrics, "participations": float(job.participations), "site": float(job.site),
                "num-examples": result.examples}
     weights = {k: v for k, v in weights.items() if k not in job.local_keys}
@@ -202,7 +179,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     site_round = _site_round(halves, runtime, site, int(config.get("server-round", 1)))
     data = site_round.data
     for hook in hooks:  # e.g. FedBN puts the site's own BatchNorm back
-        hook.before_evaluate(runtime.model, _load_state(context), data.train_x)
+        hook.before_evaluate(runtime.model, client_state.load(context, site, cfg), data.train_x)
     test_x, test_y = site_round.test_split()
     loss, acc = evaluate(runtime.model, test_x, test_y, noise_scale=data.noise_scale,
                          seed=round_seed(cfg, 0, site))
@@ -222,7 +199,7 @@ def query(msg: Message, context: Context) -> Message:
             _load_weights(runtime.model, msg.content["arrays"], _strategy_hooks(cfg, msg, {}))
             x = runtime.site(site_id(context)).train_x
             for hook in _evaluation_hooks(cfg):
-                hook.before_evaluate(runtime.model, _load_state(context), x)
+                hook.before_evaluate(runtime.model, client_state.load(context, site_id(context), cfg), x)
             return Message(content=half.answer(runtime.model, x), reply_to=msg)
     return Message(content=RecordDict({"site": ConfigRecord({SITE_KEY: site_id(context)})}),
                    reply_to=msg)

@@ -3,9 +3,9 @@
 Every ``checkpoint_every`` rounds the server writes ``<run>/checkpoint.pt`` atomically: the global
 weights, the strategy object (FedAdam's moments, SCAFFOLD's c, FedDyn's h, ...), the server
 extensions (continual, CORAL), the metric rows and extras so far, and the RNG states. Each client
-writes its state (control variates, EWC importances, replay memory, counters) after training to
-``<run>/client_state/site-<k>/round-<r>.pt`` (keeping the newest file at or before the last
-checkpoint); a resumed run's clients start from the newest file at or before the checkpoint round.
+writes its state after training to ``<run>/client_state/`` (fedcls.apps.client_state, which the
+server points at with PAYLOAD_KEY); a resumed run's clients start from their state as of the
+checkpoint round.
 The per-round seeds derive from (seed, round, site), so the resumed rounds are the same rounds.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import re
 from pathlib import Path
 
 import numpy as np
@@ -55,29 +54,3 @@ def restore_rng(blob: dict) -> None:
     random.setstate(blob["rng"]["random"])
     np.random.set_state(blob["rng"]["numpy"])
     torch.set_rng_state(blob["rng"]["torch"])
-
-
-def _rounds(folder: Path) -> list[tuple[int, Path]]:
-    found = [(int(m.group(1)), p) for p in folder.glob("round-*.pt") if (m := re.fullmatch(r"round-(\d+)\.pt", p.name))]
-    return sorted(found)
-
-
-def write_client_state(spec: dict, site: int, rnd: int, state: dict) -> None:
-    """Save a client's state after round `rnd`; drop files no checkpoint can need any more."""
-    folder = Path(spec["dir"]) / f"site-{site}"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"round-{rnd}.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / f"round-{rnd}.pt")
-    kept = [r for r, _ in _rounds(folder) if r <= spec["upto"]]
-    newest_checkpointed = max(kept, default=None)
-    for r, path in _rounds(folder):
-        if r < rnd and r != newest_checkpointed:
-            path.unlink(missing_ok=True)
-
-
-def read_client_state(spec: dict, site: int) -> dict | None:
-    """The client's state as of the last checkpoint (None: it had not trained by then)."""
-    folder = Path(spec["dir"]) / f"site-{site}"
-    files = [p for r, p in _rounds(folder) if r <= spec["upto"]] if folder.exists() else []
-    return torch.load(files[-1], weights_only=True) if files else None
