@@ -49,22 +49,27 @@ def load_scenario(name: str) -> dict:
     return content
 
 
-def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
-    """(key, value) pairs from Hydra-grammar overrides; sweeps are refused here."""
+def parse_override(arg: str):
+    """One Hydra-grammar override (the one parser of simulate and sweep); ConfigError if malformed."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    try:
+        (override,) = OverridesParser.create().parse_overrides([arg])
+    except HydraException as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"cannot parse '{arg}': {first}. Overrides look like key=value.") from None
+    return override
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """(key, value) pairs from Hydra-grammar overrides; sweeps are refused here."""
     pairs = []
     for arg in args:
-        try:
-            (override,) = OverridesParser.create().parse_overrides([arg])
-        except HydraException as err:
-            first = str(err).splitlines()[0]
-            raise ConfigError(f"cannot parse '{arg}': {first}. Overrides look like key=value.")
+        override = parse_override(arg)
         if override.is_sweep_override():
             raise ConfigError(f"'{arg}' is a sweep; run grids with python -m fedcls.sweep")
-        key = override.key_or_group.lstrip("+")
-        pairs.append((key, override.value()))
+        pairs.append((override.key_or_group.lstrip("+"), override.value()))
     return pairs
 
 

@@ -25,15 +25,11 @@ from fedcls.errors import ConfigError, UserError, run_cli
 
 def expand_grid(args: list[str]) -> tuple[dict[str, str], list[str], list[list[str]]]:
     """(study settings name/output_dir, overrides for every run, the swept overrides per point)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    from fedcls.config import parse_override
 
     fixed, common, axes = {}, [], []
     for arg in args:
-        try:
-            (override,) = OverridesParser.create().parse_overrides([arg])
-        except HydraException as err:
-            raise ConfigError(f"cannot parse '{arg}': {str(err).splitlines()[0]}") from None
+        override = parse_override(arg)
         key = override.key_or_group
         if key in ("name", "output_dir") and not override.is_sweep_override():
             fixed[key] = override.get_value_element_as_str()
@@ -139,8 +135,7 @@ def sweep(args: list[str]) -> int:
     failed, started = [], time.time()
     from fedcls.engine.simulation import shared_ray
 
-    address = next((a.split("=", 1)[1] for a in args if a.startswith("backend.ray_address=")), None)
-    with shared_ray(address):
+    with shared_ray(_ray_address(common, points)):
         for k, point in enumerate(todo, 1):
             status, summary = run_point(common, point, runs_dir)
             if status == "failed":
@@ -155,6 +150,13 @@ def sweep(args: list[str]) -> int:
     print(f"study in {study}: {len(points) - len(failed)} of {len(points)} runs finished"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def _ray_address(common: list[str], points: list[list[str]]) -> str | None:
+    """The cluster the study's runs attach to, from their composed config (as each run reads it)."""
+    from fedcls.config import compose
+
+    return compose([*common, *points[0]])["backend"]["ray_address"] if points else None
 
 
 def main(argv: list[str] | None = None) -> int:
