@@ -32,18 +32,20 @@ def hooks_for(kind: str, i: int, c: dict) -> list:
         return [ProximalTerm(0.1)]
     if kind == "scaffold":
         return [ControlVariates(c)]
+    if kind == "scaffold_gradient":  # c - c_i through the gradient (the old string key "gradient_correction"
+        return [ControlVariates(c, place="gradient")]  # never reached the cohort: it trained uncorrected)
     return []
 
 
 def states(kind: str, net) -> list[dict]:
-    if kind != "scaffold":
+    if not kind.startswith("scaffold"):
         return [{} for _ in SIZES]
     gen = torch.Generator().manual_seed(3)  # earlier rounds' c_i (client 2: none yet)
     return [{"scaffold": {n: 0.1 * torch.randn(p.shape, generator=gen) for n, p in net.named_parameters()}},
             {"scaffold": {n: 0.1 * torch.randn(p.shape, generator=gen) for n, p in net.named_parameters()}}, {}]
 
 
-@pytest.mark.parametrize("kind", ["fedavg", "fedprox", "scaffold"])
+@pytest.mark.parametrize("kind", ["fedavg", "fedprox", "scaffold", "scaffold_gradient"])
 @pytest.mark.parametrize("momentum,weight_decay,noise", [(0.9, 1e-3, 0.0), (0.0, 0.0, 0.5)])
 def test_a_cohort_gives_each_client_its_own_training(kind, momentum, weight_decay, noise):
     net = model()
