@@ -85,7 +85,7 @@ class SiteOrderedGrid:
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None):
         if hasattr(self._grid, "push_messages"):
-            replies = _push_and_pull(self._grid, messages, timeout)
+            replies = push_and_pull(self._grid, messages, timeout)
         else:  # a grid of our own (the cohort executor)
             replies = self._grid.send_and_receive(messages, timeout=timeout)
         return sorted(replies, key=lambda m: self.site_of_node.get(m.metadata.src_node_id, -1))
@@ -94,7 +94,7 @@ class SiteOrderedGrid:
 PULL_INTERVAL_S = 0.1
 
 
-def _push_and_pull(grid: Grid, messages: Iterable[Message], timeout: float | None) -> list[Message]:
+def push_and_pull(grid: Grid, messages: Iterable[Message], timeout: float | None) -> list[Message]:
     """Grid.send_and_receive with a short pull interval: Flower 1.42's deployment grid sleeps
     3 s between pulls, a few seconds lost per round."""
     pending = set(grid.push_messages(messages))

@@ -1,8 +1,9 @@
 """The Flower ServerApp: runs the round loop (fedcls.apps.federation) and records results.
 
-``make_server_app(cfg, recorder)`` is what simulations use. The module-level ``app`` serves
-``flwr run``: it composes the config from the run config's ``scenario`` and ``overrides`` keys
-(pyproject's [tool.flwr.app.config]) and writes a run folder like a simulation does.
+``run_and_record`` is the body of every ServerApp: a simulation's (fedcls.engine.simulation, over a
+grid it can stop on Ctrl-C) and the module-level ``app``, which serves ``flwr run``: it composes the
+config from the run config's ``scenario`` and ``overrides`` keys (pyproject's
+[tool.flwr.app.config]) and writes a run folder like a simulation does.
 """
 
 from __future__ import annotations
@@ -29,20 +30,12 @@ def run_and_record(grid: Grid, cfg: dict, recorder: Recorder, resume: dict | Non
     except BaseException as err:
         status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         recorder.finish(status, error=f"{type(err).__name__}: {err}")
+        if not simulated and status == "failed":  # flwr run: no runner records it (fedcls.engine.runner)
+            recorder.record_error(err, status)
         raise
     recorder.finish("completed", state_dict=arrays.to_torch_state_dict())
     if state_dir is not None:
         shutil.rmtree(state_dir, ignore_errors=True)  # only a resume needs it
-
-
-def make_server_app(cfg: dict, recorder: Recorder, resume: dict | None = None) -> ServerApp:
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        run_and_record(grid, cfg, recorder, resume)
-
-    return server_app
 
 
 app = ServerApp()

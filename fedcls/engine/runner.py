@@ -9,15 +9,15 @@ import time
 from pathlib import Path
 
 from fedcls.data.federated import federated_data
-from fedcls.errors import UserError
+from fedcls.errors import Interrupted, UserError
 from fedcls.outputs import checkpoint
 from fedcls.outputs.results import Recorder, new_run_dir
 
 
 def run(cfg: dict, echo=print, resume_dir: Path | None = None) -> int:
     """Run `cfg` (or continue the run in `resume_dir` from its checkpoint); 0 when completed,
-    1 when the run failed, 130 when interrupted. ``echo`` prints the per-round lines (None:
-    silent, as in a sweep)."""
+    1 when the run failed (its traceback in <run folder>/error.txt); raises fedcls.errors.Interrupted
+    (exit code 130) on Ctrl-C. ``echo`` prints the per-round lines (None: silent, as in a sweep)."""
     started = time.time()
     federated_data(cfg)  # missing data or an impossible partition stops here, with exit 2
     resume = checkpoint.load(resume_dir) if resume_dir else None
@@ -42,16 +42,46 @@ def _simulate(cfg: dict, recorder: Recorder, resume: dict | None = None) -> int:
 
     try:
         simulate(cfg, recorder, resume)
-    except KeyboardInterrupt:
-        recorder.finish("interrupted", error="KeyboardInterrupt")
-        print(f"\ninterrupted; rounds so far are in {recorder.run_dir}", file=sys.stderr, flush=True)
-        os._exit(130)  # the ServerApp thread would otherwise keep the process alive
+    except KeyboardInterrupt as err:
+        _interrupted(recorder, err)
     except Exception as err:  # the ServerApp already wrote a 'failed' summary
-        cause = err.__cause__ or err
-        if isinstance(cause, UserError):
-            print(f"error: {cause}", file=sys.stderr)
-            return cause.exit_code
-        print(f"error: the run failed: {type(cause).__name__}: {cause}\n"
-              f"rounds completed so far are in {recorder.run_dir}", file=sys.stderr)
-        return 1
+        return _failed(recorder, err)
     return 0
+
+
+def _failed(recorder: Recorder, err: Exception) -> int:
+    """Keep the failure's evidence in the run folder (error.txt) and say so in one line."""
+    cause = err.__cause__ or err
+    path = recorder.record_error(err)
+    if isinstance(cause, UserError):
+        print(f"error: {cause}", file=sys.stderr)
+        code = cause.exit_code
+    else:
+        message = (str(cause).strip().splitlines() or [""])[0]
+        print(f"error: the run failed: {type(cause).__name__}: {message} (traceback in {path}; rounds "
+              f"completed so far are in {recorder.run_dir})", file=sys.stderr)
+        code = 1
+    _leave_if_stuck(err, code)
+    return code
+
+
+def _interrupted(recorder: Recorder, err: KeyboardInterrupt) -> None:
+    """Ctrl-C: the rounds so far are in metrics.jsonl (and the last checkpoint, which a stopping
+    round loop finishes writing); the summary says interrupted. Raises Interrupted (exit 130),
+    so that callers' cleanup (a sweep's Ray) runs."""
+    if recorder.status == "interrupted":  # the ServerApp thread stopped and wrote the plots
+        recorder.write_summary("interrupted", "KeyboardInterrupt")
+    else:
+        recorder.finish("interrupted", error="KeyboardInterrupt")
+    print(f"\ninterrupted; rounds so far are in {recorder.run_dir}", file=sys.stderr, flush=True)
+    _leave_if_stuck(err, Interrupted.exit_code)
+    raise Interrupted from None
+
+
+def _leave_if_stuck(err: BaseException, code: int) -> None:
+    """Exit now if the ServerApp thread did not stop (fedcls.engine.simulation.STOP_WAIT_S):
+    everything is written, and that thread would keep the process alive."""
+    if getattr(err, "server_running", False):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

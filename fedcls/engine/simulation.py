@@ -1,4 +1,10 @@
-"""Launch a run on Flower's Simulation Engine with the Ray backend."""
+"""Launch a run on Flower's Simulation Engine with the Ray backend.
+
+On Ctrl-C Python interrupts the main thread only; Flower's ServerApp thread would go on waiting
+for replies that never come and keep the process alive. Its grid (StoppableGrid) therefore
+raises at the thread's next call once the main thread sets `stop`, so the round loop ends after
+whatever it was writing (a metrics line, a checkpoint) and its summary says interrupted.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,14 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 
 from fedcls.engine.flower_patches import RayWithoutShutdown, replace_dead_actors
-from fedcls.engine.logs import quiet_logs
+from fedcls.engine.logs import quiet_logs, quiet_warnings
 from fedcls.outputs.results import Recorder
+
+STOP_WAIT_S = 10.0  # how long a stopped run waits for its ServerApp thread to end
+GRID_CALLS = ("get_node_ids", "push_messages", "pull_messages", "send_and_receive")
 
 
 def backend_config(cfg: dict) -> dict:
@@ -25,21 +35,84 @@ def backend_config(cfg: dict) -> dict:
 
 def simulate(cfg: dict, recorder: Recorder, resume: dict | None = None) -> None:
     """Run the configured federation as a Flower simulation on Ray (or, with
-    backend.executor=cohort, with clients trained in cohorts on Ray actors)."""
-    if cfg["backend"]["executor"] == "cohort":
-        from fedcls.engine.cohort_grid import run_cohorts
+    backend.executor=cohort, with clients trained in cohorts on Ray actors). An exception
+    leaving it has ``server_running`` True when the ServerApp thread did not stop in time."""
+    with quiet_warnings(cfg["verbose"]):
+        if cfg["backend"]["executor"] == "cohort":
+            from fedcls.engine.cohort_grid import run_cohorts
 
-        return run_cohorts(cfg, recorder, resume)
+            return run_cohorts(cfg, recorder, resume)
+        _flower_simulation(cfg, recorder, resume)
+
+
+def _flower_simulation(cfg: dict, recorder: Recorder, resume: dict | None) -> None:
     quiet_logs(cfg["verbose"])
     replace_dead_actors()
+    from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
     from fedcls.apps.client_app import app as client_app
-    from fedcls.apps.server_app import make_server_app
 
-    run_simulation(server_app=make_server_app(cfg, recorder, resume), client_app=client_app,
-                   num_supernodes=cfg["num_clients"], backend_config=backend_config(cfg),
-                   verbose_logging=cfg["verbose"])
+    stop, running = threading.Event(), threading.Lock()
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid, context) -> None:
+        serve(grid, cfg, recorder, resume, stop, running)
+
+    try:
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg["num_clients"],
+                       backend_config=backend_config(cfg), verbose_logging=cfg["verbose"])
+    except BaseException as err:
+        stop.set()
+        stopped = running.acquire(timeout=STOP_WAIT_S)
+        if stopped:
+            running.release()
+        err.server_running = not stopped  # type: ignore[attr-defined]  # see fedcls.engine.runner
+        raise
+
+
+class ServerStopped(KeyboardInterrupt):
+    """Raised in the ServerApp thread at its next grid call once the run was stopped."""
+
+
+class StoppableGrid:
+    """A Grid whose calls raise ServerStopped once `stop` is set (the module docstring says why)."""
+
+    def __init__(self, grid, stop: threading.Event):
+        self._grid, self._stop = grid, stop
+
+    def __getattr__(self, name):
+        attr = getattr(self._grid, name)
+        if name not in GRID_CALLS:
+            return attr
+        if name == "send_and_receive" and hasattr(self._grid, "push_messages"):
+            attr = self._send_and_receive
+
+        def checked(*args, **kwargs):
+            if self._stop.is_set():
+                raise ServerStopped
+            return attr(*args, **kwargs)
+
+        return checked
+
+    def _send_and_receive(self, messages, timeout: float | None = None):
+        """Flower's, except that its waits for replies pull through this grid (and so stop)."""
+        from fedcls.apps.federation import push_and_pull
+
+        return push_and_pull(self, messages, timeout)
+
+
+def serve(grid, cfg: dict, recorder: Recorder, resume: dict | None, stop: threading.Event,
+          running: threading.Lock) -> None:
+    """The ServerApp's body: the recorded federation over a StoppableGrid, holding `running`."""
+    from fedcls.apps.server_app import run_and_record
+
+    with running:
+        try:
+            run_and_record(StoppableGrid(grid, stop), cfg, recorder, resume)
+        except ServerStopped:
+            pass  # the run was stopped from the main thread, which reports it
 
 
 @contextlib.contextmanager
@@ -55,9 +128,10 @@ def shared_ray(address: str | None = None, verbose: bool = False):
     from flwr.server.superlink.fleet.vce.backend import raybackend
 
     pythonpath = os.pathsep.join(sys.path)  # as Flower's backend does, so actors import fedcls
-    ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
-             logging_level=logging.INFO if verbose else logging.WARNING,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    with quiet_warnings(verbose):
+        ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.WARNING,
+                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     raybackend.ray = RayWithoutShutdown(ray)
     try:
         yield

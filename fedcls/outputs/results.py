@@ -76,6 +76,7 @@ class Recorder:
         self.partition_counts: list[list[int]] = []
         self.extras: dict = {}  # summary keys from server extensions (continual metrics, ...)
         self.error_file: str | None = None  # ERROR_FILE once the run failed
+        self.status: str | None = None  # as finish() left it
         self.started = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.run_dir / "config.yaml", to_yaml(cfg))
@@ -101,7 +102,7 @@ class Recorder:
         """Until the run ends, summary.json describes it as interrupted after its last round (so a
         run killed at any moment leaves one that says so, with the command to resume once a
         checkpoint exists); finish() overwrites it."""
-        write_atomic(self.run_dir / "summary.json", json.dumps(self.summary("interrupted"), indent=2))
+        self.write_summary("interrupted")
 
     def resume_from(self, rows: list[dict], extras: dict) -> None:
         """Continue a run from a checkpoint: its rows (metrics.jsonl rewritten to exactly them)."""
@@ -130,10 +131,14 @@ class Recorder:
                if status != "completed" and (self.run_dir / "checkpoint.pt").exists() else {}),
         }
 
-    def finish(self, status: str = "completed", state_dict=None, error: str | None = None) -> dict:
-        """Write summary.json, plots and (if given) model.pt; return the summary."""
+    def write_summary(self, status: str, error: str | None = None) -> dict:
         summary = self.summary(status, error)
         write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+    def finish(self, status: str = "completed", state_dict=None, error: str | None = None) -> dict:
+        """Write summary.json, plots and (if given) model.pt; return the summary."""
+        summary, self.status = self.write_summary(status, error), status
         if state_dict is not None and self.cfg["save_model"]:
             import torch
 
@@ -154,8 +159,7 @@ class Recorder:
         path = self.run_dir / ERROR_FILE
         write_atomic(path, "\n".join(header) + "".join(traceback.format_exception(err)))
         self.error_file = ERROR_FILE
-        write_atomic(self.run_dir / "summary.json",
-                     json.dumps(self.summary(status, f"{type(err).__name__}: {err}"), indent=2))
+        self.write_summary(status, f"{type(err).__name__}: {err}")
         return path
 
     def client_errors(self, rnd: int, failures: list[tuple[int, str, str]]) -> None:

@@ -1,0 +1,197 @@
+"""Failures keep their evidence (a failed run's traceback in its folder, a client's remote traceback
+in the run's client_errors.txt), Ctrl-C stops the round loop cleanly, and fedcls leaves the
+process's warning filters and torch settings as a user set them."""
+
+import json
+import threading
+import warnings
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from fedcls.config import compose
+from fedcls.errors import Interrupted, exit_code_of, short_reason
+from fedcls.outputs.results import Recorder
+
+SMALL = ["dataset=synthetic", "data.synthetic.num_samples=300", "num_clients=3", "model=mlp", "local_epochs=1",
+         "fraction_evaluate=0", "save_model=false"]
+
+
+def _crash_message(cfg: dict, site: int) -> Message:
+    """Round 1's training message to `site`, as the server sends it (faults.crash_prob=1: it raises)."""
+    from fedcls.apps.client_app import CONFIG_KEY
+    from fedcls.apps.federation import global_evaluator
+    from fedcls.data.federated import federated_data
+    from fedcls.data.site_folders import FEDERATION_KEY, federation_info
+
+    payload = {**cfg, FEDERATION_KEY: federation_info(federated_data(cfg).dataset)}
+    config = ConfigRecord({CONFIG_KEY: json.dumps(payload), "server-round": 1})
+    return Message(RecordDict({"arrays": global_evaluator(cfg)[0], "config": config}),
+                   dst_node_id=site + 1, message_type="train")
+
+
+@pytest.mark.parametrize("per_client", [False, True])  # a cohort's failure; the ClientApp's own (_guarded)
+def test_a_cohort_workers_error_reply_carries_the_remote_traceback(per_client, monkeypatch):
+    from fedcls.apps.cohort.worker import CohortWorker
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+    cfg = compose([*SMALL, "faults.crash_prob=1.0"])
+    (reply,), _ = CohortWorker(per_client=per_client).process([(2, _crash_message(cfg, 2))])
+    reason = str(reply.error.reason)
+    assert short_reason(reason) == "InjectedCrash: injected crash (faults.crash_prob) at site 2, round 1"
+    assert "Traceback (most recent call last)" in reason and "in client_side" in reason  # raised there
+    assert reason.rstrip().endswith("InjectedCrash: injected crash (faults.crash_prob) at site 2, round 1")
+
+
+def test_client_errors_keep_whole_reasons_while_rows_and_console_keep_one_line(monkeypatch, tmp_path):
+    from fedcls.apps.cohort.worker import CohortWorker
+    from fedcls.apps.faults import fault_of
+    from fedcls.apps.federation import run_federation
+    from fedcls.engine.cohort_grid import CohortGrid
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+    cfg = compose([*SMALL, "rounds=2", "faults.crash_prob=0.5", "seed=3"])
+    crashed = [(r, s) for r in (1, 2) for s in range(3) if fault_of(cfg, r, s) == "crash"]
+    assert crashed == [(1, 1), (2, 0), (2, 2)]  # seed 3: some sites crash in each round, some train
+    lines = []
+    recorder = Recorder(tmp_path / "run", cfg, echo=lines.append)
+    run_federation(CohortGrid(3, [CohortWorker()]), cfg, recorder)
+    text = (tmp_path / "run" / "client_errors.txt").read_text()
+    assert [(r, s) for r in (1, 2) for s in range(3) if f"round {r}, site {s}, train:" in text] == crashed
+    assert text.count("Traceback (most recent call last)") == len(crashed)
+    for row in recorder.rows:  # one line per failure, in site order
+        assert row["failures"] == [f"InjectedCrash: injected crash (faults.crash_prob) at site {s}, round {r}"
+                                   for r, s in crashed if r == row["round"]]
+    assert len(lines) == 2 and all("\n" not in line for line in lines)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["client_errors"] == "client_errors.txt"
+
+
+def _fail_deep():
+    raise ValueError("the loss went sideways")
+
+
+def test_a_failure_writes_its_traceback_versions_and_run_id_and_the_summary_names_the_file(tmp_path):
+    cfg = compose([*SMALL, "run_id=myrun"])
+    recorder = Recorder(tmp_path / "myrun", cfg, echo=lambda line: None)
+    try:
+        _fail_deep()
+    except ValueError as err:
+        path = recorder.record_error(err)
+    text = path.read_text()
+    assert path == tmp_path / "myrun" / "error.txt"
+    assert "run myrun (run_id myrun) failed" in text and "flwr " in text and "torch " in text
+    assert "Traceback (most recent call last)" in text and "in _fail_deep" in text
+    assert text.rstrip().endswith("ValueError: the loss went sideways")
+    summary = json.loads((tmp_path / "myrun" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error_file"] == "error.txt"
+    assert summary["error"] == "ValueError: the loss went sideways"
+    assert "error_file" not in recorder.summary("completed")  # a resumed run that completed
+
+
+def test_a_stopped_server_thread_ends_after_its_round_with_an_interrupted_summary(monkeypatch, tmp_path):
+    """What Ctrl-C does to the ServerApp thread (fedcls.engine.simulation): it stops at its next
+    grid call, the round and checkpoint before that complete, and the summary says interrupted."""
+    from fedcls.apps.cohort.worker import CohortWorker
+    from fedcls.engine.cohort_grid import CohortGrid
+    from fedcls.engine.simulation import serve
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+    cfg = compose([*SMALL, "rounds=4", "checkpoint_every=1"])
+    stop, running = threading.Event(), threading.Lock()
+    recorder = Recorder(tmp_path / "run", cfg, echo=lambda line: stop.set())  # Ctrl-C after round 1's line
+    thread = threading.Thread(target=serve, args=(CohortGrid(3, [CohortWorker()]), cfg, recorder, None, stop, running))
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and not running.locked()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["rounds_completed"] == 1
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["round"] == 1
+    assert summary["resume_with"].endswith(f"resume={tmp_path / 'run'}")
+
+
+def test_ctrl_c_exits_130_and_an_interrupted_run_is_not_reported_twice(capsys):
+    def interrupted_run():
+        raise Interrupted
+
+    def ctrl_c_elsewhere():
+        raise KeyboardInterrupt
+
+    assert exit_code_of(interrupted_run) == 130 and capsys.readouterr().err == ""
+    assert exit_code_of(ctrl_c_elsewhere) == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+def test_quiet_warnings_hide_deprecations_only_while_fedcls_calls_flower():
+    from fedcls.engine.logs import quiet_logs, quiet_warnings
+
+    before = list(warnings.filters)
+    quiet_logs(False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_warnings(False):
+            warnings.warn("inside", DeprecationWarning)
+            warnings.warn("inside", FutureWarning)
+        warnings.warn("the user's own", DeprecationWarning)
+    assert [str(w.message) for w in seen] == ["the user's own"]
+    assert warnings.filters == before
+
+
+def test_flowers_per_client_tracebacks_leave_the_console_unless_verbose():
+    """They are in client_errors.txt; other errors of Flower's runtime still show."""
+    import logging
+
+    from fedcls.engine.logs import quiet_logs
+
+    def shown(module: str, func: str) -> bool:
+        record = logging.LogRecord("flwr", logging.ERROR, f"/x/{module}.py", 1, "boom", None, None, func)
+        return logging.getLogger("flwr").filter(record)
+
+    quiet_logs(False)
+    quiet_logs(False)  # a sweep calls it once per run: one filter all the same
+    flwr_logger = logging.getLogger("flwr")
+    assert sum(type(f).__name__ == "_Quiet" for f in flwr_logger.filters) == 1
+    assert not shown("vce_api", "worker") and not shown("raybackend", "process_message")
+    assert shown("vce_api", "run_api")
+
+
+def test_torch_settings_are_applied_once_per_process_and_again_only_when_they_change():
+    from fedcls.apps.torch_settings import applied, apply_torch_settings
+
+    threads, tf32 = torch.get_num_threads(), torch.backends.cudnn.allow_tf32
+    try:
+        apply_torch_settings(1, False)
+        assert torch.get_num_threads() == 1 and torch.backends.cudnn.allow_tf32 is False
+        torch.set_num_threads(2)  # the user's (or another library's) own choice
+        torch.backends.cudnn.allow_tf32 = True
+        apply_torch_settings(1, False)  # the next message: the same settings, nothing set again
+        assert torch.get_num_threads() == 2 and torch.backends.cudnn.allow_tf32 is True
+        apply_torch_settings(3, False)  # a new config: its thread count
+        assert torch.get_num_threads() == 3 and applied() == {"num_threads": 3, "tf32": False}
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+@pytest.mark.e2e
+def test_a_failed_ray_run_leaves_its_traceback_and_one_console_line(tmp_path, capsys):
+    """On Flower's Ray simulation: every client crashes, the run stops (faults.min_train_nodes),
+    error.txt holds the traceback, client_errors.txt the clients' Ray tracebacks."""
+    from fedcls.engine.runner import run
+
+    cfg = compose([*SMALL, "num_clients=2", "rounds=2", "faults.crash_prob=1.0", "faults.min_train_nodes=1",
+                   f"output_dir={tmp_path}", "run_id=run"])
+    before = list(warnings.filters)
+    assert run(cfg) == 1
+    assert warnings.filters == before  # no process-wide ignore left behind
+    run_dir = tmp_path / "run"
+    error = (run_dir / "error.txt").read_text()
+    assert "Traceback (most recent call last)" in error and "TooFewReplies: round 1: 0 usable" in error
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "TooFewReplies" in errors[0] and str(run_dir / "error.txt") in errors[0]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error_file"] == "error.txt"
+    clients = (run_dir / "client_errors.txt").read_text()
+    assert clients.count("round 1, site ") == 2 and clients.count(", in client_side\n") == 2  # remote frames
