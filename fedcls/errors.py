@@ -2,6 +2,7 @@
 A run stopped by Ctrl-C exits with 130; a client's failure travels as one line plus its traceback."""
 
 import difflib
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -47,13 +48,15 @@ def unknown_name(kind: str, name: object, valid: list[str], key: str | None = No
     return ConfigError(f"unknown {kind} '{name}'{where}.{hint} Valid: {', '.join(sorted(valid))}.")
 
 
+BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell tool killed by it reports
+
+
 def run_cli(command: Callable[[list[str]], int], argv: list[str] | None, usage: str) -> int:
     """A ``python -m fedcls.<tool>`` entry point: ``--help`` prints `usage`; otherwise `command`
     runs on the arguments, a UserError becoming one line and exit 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(args):
-        print(usage)
-        return 0
+        return exit_code_of(lambda: print(usage) or 0)
     return exit_code_of(lambda: command(args))
 
 
@@ -69,3 +72,6 @@ def exit_code_of(command: Callable[[], int]) -> int:
         if not isinstance(err, Interrupted):
             print("interrupted", file=sys.stderr)
         return Interrupted.exit_code
+    except BrokenPipeError:  # the reader went away (`... --help | head`): no traceback, as a shell tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout at exit
+        return BROKEN_PIPE_EXIT

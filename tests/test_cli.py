@@ -45,3 +45,19 @@ def test_missing_torchvision_data_exits_2_naming_the_path(cli, tmp_path):
     assert out.returncode == 2
     assert str(tmp_path / "MNIST" / "raw") in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_help_piped_into_a_reader_that_stops_early_ends_without_a_traceback():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    # the reader takes one line and goes away, as `python -m fedcls.simulate --help | head -1` does
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdout.write('x' * 70000 + '\\n')"
+                             "; from fedcls.simulate import main; sys.exit(main(['--help']))"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()  # the pipe breaks while the help is still being written
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in (err := proc.stderr.read()) and "BrokenPipe" not in err
