@@ -33,7 +33,7 @@ per-sample indexing and collation dominate a small CNN's step on CPU.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -99,8 +99,10 @@ class StepTerms:
     step_correction: dict[str, torch.Tensor] | None = None
 
 
-def merge_step_terms(terms: list[StepTerms]) -> StepTerms:
-    """The hooks' terms together: proximal weights add, corrections add per parameter."""
+def step_terms_of(hooks: list) -> StepTerms:
+    """The hooks' StepTerms together: proximal weights add, corrections add per parameter."""
+    terms = [s for h in hooks if (s := h.step_terms()) is not None]
+
     def added(key: str) -> dict[str, torch.Tensor] | None:
         found = [getattr(s, key) for s in terms if getattr(s, key) is not None]
         return {n: sum(f[n] for f in found) for n in found[0]} if found else None
@@ -164,9 +166,14 @@ def batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]
     return list(torch.randperm(n, generator=gen).split(batch_size)) if n else []
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches in one epoch over n samples: ceil(n / batch_size)."""
+    return -(-n // batch_size)
+
+
 def num_steps(n: int, params: TrainParams) -> int:
     """Local steps over n samples: epochs x ceil(n / batch_size)."""
-    return params.epochs * -(-n // params.batch_size)
+    return params.epochs * steps_per_epoch(n, params.batch_size)
 
 
 def step_plan(data: SiteTensors, params: TrainParams) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -239,9 +246,9 @@ def local_update(model: nn.Module, data: SiteTensors, params: TrainParams,
     model.train()
     for hook in hooks:
         hook.before_training(ctx)
-    data, terms = ctx.data, merge_step_terms([s for h in hooks if (s := h.step_terms()) is not None])
+    data, terms = ctx.data, step_terms_of(hooks)
     loss_sum, seen = torch.zeros((), device=data.train_x.device), 0
-    per_epoch = num_steps(len(data.train_y), replace(params, epochs=1))
+    per_epoch = steps_per_epoch(len(data.train_y), params.batch_size)
     for idx, noise in step_plan(data, params):
         ctx.epoch = ctx.step // per_epoch
         ctx.inputs, ctx.targets = add_noise(data.train_x[idx], data.noise_scale, noise), data.train_y[idx]

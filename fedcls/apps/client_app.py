@@ -178,8 +178,9 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     _load_weights(runtime.model, msg.content["arrays"], hooks)
     site_round = _site_round(halves, runtime, site, int(config.get("server-round", 1)))
     data = site_round.data
+    state = client_state.load(context, site, cfg)
     for hook in hooks:  # e.g. FedBN puts the site's own BatchNorm back
-        hook.before_evaluate(runtime.model, client_state.load(context, site, cfg), data.train_x)
+        hook.before_evaluate(runtime.model, state, data.train_x)
     test_x, test_y = site_round.test_split()
     loss, acc = evaluate(runtime.model, test_x, test_y, noise_scale=data.noise_scale,
                          seed=round_seed(cfg, 0, site))
@@ -198,8 +199,9 @@ def query(msg: Message, context: Context) -> Message:
         if half := next((h for h in client_halves(cfg) if h.answers(msg)), None):
             _load_weights(runtime.model, msg.content["arrays"], _strategy_hooks(cfg, msg, {}))
             x = runtime.site(site_id(context)).train_x
+            state = client_state.load(context, site_id(context), cfg)
             for hook in _evaluation_hooks(cfg):
-                hook.before_evaluate(runtime.model, client_state.load(context, site_id(context), cfg), x)
+                hook.before_evaluate(runtime.model, state, x)
             return Message(content=half.answer(runtime.model, x), reply_to=msg)
     return Message(content=RecordDict({"site": ConfigRecord({SITE_KEY: site_id(context)})}),
                    reply_to=msg)

@@ -46,10 +46,14 @@ def load(context: Context, site: int, cfg: dict | None = None) -> dict:
 def save(context: Context, site: int, state: dict, cfg: dict, rnd: int) -> None:
     """Keep `state` in the context and write it wherever it must outlive the process."""
     _put(context, state)
-    if path := state_path(context, site):
-        _atomic_save(load(context, site), path)
-    if spec := cfg.get(checkpoint.PAYLOAD_KEY):
-        _write_checkpointed(spec, site, rnd, load(context, site))
+    path, spec = state_path(context, site), cfg.get(checkpoint.PAYLOAD_KEY)
+    if path is None and not spec:
+        return
+    kept = load(context, site)  # every entry, also those this round's hooks did not touch
+    if path is not None:
+        _atomic_save(kept, path)
+    if spec:
+        _write_checkpointed(spec, site, rnd, kept)
 
 
 def _held(context: Context) -> bool:

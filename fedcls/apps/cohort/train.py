@@ -27,12 +27,12 @@ from fedcls.algorithms.training import (
     TrainContext,
     TrainParams,
     add_noise,
-    merge_step_terms,
     num_steps,
     proximal_term,
     runs_in_cohort,
     sgd_step,
     step_plan,
+    step_terms_of,
 )
 
 RANDOM_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -80,7 +80,7 @@ def cohort_update(model: nn.Module, clients: list[CohortClient], precision: str 
     for client, ctx in zip(clients, contexts):
         for hook in client.hooks:
             hook.before_training(ctx)
-    terms = [merge_step_terms([s for h in c.hooks if (s := h.step_terms()) is not None]) for c in clients]
+    terms = [step_terms_of(c.hooks) for c in clients]
     mu = torch.tensor([s.prox_mu for s in terms], device=device)
     correction = {key: _stacked(terms, key, names, start) for key in ("grad_correction", "step_correction")}
 
@@ -106,7 +106,7 @@ def cohort_update(model: nn.Module, clients: list[CohortClient], precision: str 
     batch = p0.batch_size
     model.train()
     for t in range(max(steps)):
-        x, y, mask = _gather(clients, plans, t < torch.tensor(steps), batch, shape, device)
+        x, y, mask = _gather(clients, plans, [t < s for s in steps], batch, shape, device)
         if channels_last and x.dim() == 5 and device.type == "cuda":
             x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)
         with _precision(device, precision):
@@ -128,11 +128,11 @@ def _stacked(terms: list[StepTerms], key: str, names: list[str], like: dict) -> 
                             for c in per_client]) for n in names}
 
 
-def _gather(clients, plans, running: torch.Tensor, batch: int, shape: tuple, device):
+def _gather(clients, plans, running: list[bool], batch: int, shape: tuple, device):
     """This step's inputs (K, B, ...), targets (K, B) and mask (K, B): each running client's next
     batch from its plan, padded; a finished client contributes an empty (all-masked) batch."""
     xs, ys, masks = [], [], []
-    for client, plan, more in zip(clients, plans, running.tolist()):
+    for client, plan, more in zip(clients, plans, running):
         data = client.data
         if more:
             idx, noise = next(plan)
