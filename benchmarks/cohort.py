@@ -54,19 +54,19 @@ def plain_loop(cfg: dict) -> list[float]:
     """Every sampled client trained in turn in this process, on the same device: seconds per round."""
     data = federated_data(cfg)
     device = pick_device(cfg)
-    torch.manual_seed(cfg["seed"])
-    model = build_model(cfg, data.dataset.shape, data.dataset.num_classes).to(device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.dataset.shape, data.dataset.num_classes).to(device)
     start_state = {k: v.clone() for k, v in model.state_dict().items()}
-    k = max(int(cfg["num_clients"] * cfg["fraction_train"]), 1)
+    k = max(int(cfg.num_clients * cfg.fraction_train), 1)
     sites = [site_tensors(data, i, device) for i in range(k)]
     seconds = []
-    for rnd in range(1, cfg["rounds"] + 1):
+    for rnd in range(1, cfg.rounds + 1):
         started = time.perf_counter()
         for site_id, site in enumerate(sites):
             model.load_state_dict(start_state)
             seed = round_seed(cfg, rnd, site_id)
-            local_update(model, site, TrainParams(cfg["local_epochs"], cfg["batch_size"], cfg["lr"],
-                                                  cfg["momentum"], cfg["weight_decay"], seed), [], {})
+            local_update(model, site, TrainParams(cfg.local_epochs, cfg.batch_size, cfg.lr,
+                                                  cfg.momentum, cfg.weight_decay, seed), [], {})
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
@@ -77,7 +77,7 @@ def simulated(cfg: dict, executor: str, out: Path) -> list[float]:
     from fedcls.engine.runner import run
 
     run_cfg = {**cfg, "output_dir": str(out), "run_id": executor,
-               "backend": {**cfg["backend"], "executor": executor}}
+               "backend": {**cfg.backend, "executor": executor}}
     if run(run_cfg, echo=None) != 0:
         raise SystemExit(f"the {executor} run failed: see {out / executor}")
     rows = [json.loads(line) for line in (out / executor / "metrics.jsonl").read_text().splitlines()]
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="more key=value config overrides")
     args = parser.parse_args()
     cfg = config(args)
-    cfg["backend"]["cohort_actors"] = args.actors
+    cfg.backend.cohort_actors = args.actors
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     print(f"workload: {args.workload}, {args.clients} clients x {args.samples} samples, {args.fraction:.0%} "
           f"sampled, 1 epoch, batch 32, {args.rounds} rounds, device: {device}")

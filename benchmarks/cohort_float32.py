@@ -21,6 +21,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedcls.apps.cohort.worker import CohortWorker
 from fedcls.apps.federation import run_federation
 from fedcls.config import compose
+from fedcls.data.federated import federated_data
 from fedcls.engine.cohort_grid import CohortGrid
 from fedcls.outputs.results import Recorder
 
@@ -30,7 +31,7 @@ ARGS = ["scenario=dirichlet_0.5", "num_clients=5", "rounds=1", "model=mlp", "mom
 
 def final_weights(cfg: dict, worker: CohortWorker, out: Path) -> dict[str, torch.Tensor]:
     recorder = Recorder(out, cfg, echo=lambda line: None)
-    return run_federation(CohortGrid(cfg["num_clients"], [worker], echo=lambda line: None), cfg,
+    return run_federation(CohortGrid(cfg.num_clients, [worker], echo=lambda line: None), cfg, federated_data(cfg),
                           recorder).to_torch_state_dict()
 
 

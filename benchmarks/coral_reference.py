@@ -66,13 +66,13 @@ def arrays(scenario: str, seed: int) -> dict[str, torch.Tensor]:
     """The scenario's sites as fedcls builds them for `seed`: pooled sources, the target."""
     cfg = compose([f"scenario={scenario}", f"seed={seed}"])
     data, cpu = build_federated_data(cfg), torch.device("cpu")
-    (target,) = cfg["domain"]["targets"]
-    sites = {s: site_tensors(data, s, cpu) for s in range(cfg["num_clients"])}
+    (target,) = cfg.domain.targets
+    sites = {s: site_tensors(data, s, cpu) for s in range(cfg.num_clients)}
     sources = [sites[s] for s in sites if s != target]
     return {"xs": torch.cat([s.train_x for s in sources]), "ys": torch.cat([s.train_y for s in sources]),
             "xt": sites[target].train_x, "xt_test": sites[target].test_x, "yt_test": sites[target].test_y,
-            "epochs": cfg["rounds"] * cfg["local_epochs"], "batch": cfg["batch_size"],
-            "lr": cfg["lr"], "momentum": cfg["momentum"]}
+            "epochs": cfg.rounds * cfg.local_epochs, "batch": cfg.batch_size,
+            "lr": cfg.lr, "momentum": cfg.momentum}
 
 
 def psd_power(c: torch.Tensor, p: float) -> torch.Tensor:

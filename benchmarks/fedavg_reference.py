@@ -142,12 +142,13 @@ def reference_fedavg(cfg: dict, sites: list, test: tuple, initial: dict) -> tupl
     return accs, states
 
 
-def fedcls_in_process(cfg: dict, out: Path) -> tuple[list[float], dict]:
+def fedcls_in_process(cfg, out: Path) -> tuple[list[float], dict]:
     """fedcls's round loop and ClientApp, without Ray: (per-round accuracy, final weights)."""
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedcls.apps.cohort.worker import CohortWorker
     from fedcls.apps.federation import run_federation
+    from fedcls.data.federated import federated_data
     from fedcls.engine.cohort_grid import CohortGrid
     from fedcls.outputs.results import Recorder
 
@@ -155,8 +156,8 @@ def fedcls_in_process(cfg: dict, out: Path) -> tuple[list[float], dict]:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0  # the server's identity
     try:
         recorder = Recorder(out / "fedcls", cfg, echo=lambda line: None)
-        grid = CohortGrid(cfg["num_clients"], [CohortWorker(per_client=True)], echo=lambda line: None)
-        arrays = run_federation(grid, cfg, recorder)
+        grid = CohortGrid(cfg.num_clients, [CohortWorker(per_client=True)], echo=lambda line: None)
+        arrays = run_federation(grid, cfg, federated_data(cfg), recorder)
     finally:
         for k, v in saved.items():
             setattr(TaskIdentity, k, v)
@@ -171,17 +172,18 @@ def fedcls_on_ray(args: list[str], out: Path) -> tuple[list[float], dict]:
     return [r["accuracy"] for r in rows], torch.load(out / "fedcls" / "model.pt", weights_only=True)
 
 
-def run_reference(cfg: dict) -> tuple[list[float], list[dict]]:
-    """The reference on fedcls's data for `cfg` (a composed config), from fedcls's initial weights."""
+def run_reference(cfg) -> tuple[list[float], list[dict]]:
+    """The reference on fedcls's data for `cfg` (a composed config), from fedcls's initial weights;
+    the reference itself reads the config as a plain dict."""
     from fedcls.apps.federation import global_evaluator
     from fedcls.data.federated import federated_data, site_tensors
 
-    torch.set_num_threads(max(int(cfg["backend"]["num_cpus"]), 1))  # as fedcls's clients run
+    torch.set_num_threads(max(int(cfg.backend.num_cpus), 1))  # as fedcls's clients run
     data = federated_data(cfg)
     ds, cpu = data.dataset, torch.device("cpu")
-    sites = [site_tensors(data, i, cpu) for i in range(cfg["num_clients"])]
-    initial = global_evaluator(cfg)[0].to_torch_state_dict()
-    return reference_fedavg({**cfg, "_classes": ds.num_classes}, sites, (ds.normalize(ds.test_x), ds.test_y), initial)
+    sites = [site_tensors(data, i, cpu) for i in range(cfg.num_clients)]
+    initial = global_evaluator(cfg, ds)[0].to_torch_state_dict()
+    return reference_fedavg({**cfg.to_dict(), "_classes": ds.num_classes}, sites, (ds.normalize(ds.test_x), ds.test_y), initial)
 
 
 def compare(args: list[str], ray: bool = False) -> dict:
@@ -203,12 +205,12 @@ def main() -> None:
     opts, overrides = parser.parse_known_args()
     result = compare(overrides, opts.ray)
     cfg = result["cfg"]
-    print(f"{cfg['dataset']} {cfg['partition']['kind']} {cfg['num_clients']} clients, {cfg['local_epochs']} "
-          f"local epochs, data.normalize={cfg['data']['normalize']}, seed {cfg['seed']}")
+    print(f"{cfg.dataset} {cfg.partition.kind} {cfg.num_clients} clients, {cfg.local_epochs} "
+          f"local epochs, data.normalize={cfg.data.normalize}, seed {cfg.seed}")
     print("round  fedcls  reference  difference")
     for rnd, (a, b) in enumerate(zip(result["fedcls"], result["reference"]), 1):
         print(f"{rnd:5d}  {a:6.4f}  {b:9.4f}  {a - b:+10.4f}")
-    print(f"largest |fedcls - reference| weight difference after round {cfg['rounds']}: {result['max_weight_gap']:.3g}")
+    print(f"largest |fedcls - reference| weight difference after round {cfg.rounds}: {result['max_weight_gap']:.3g}")
 
 
 if __name__ == "__main__":

@@ -33,21 +33,21 @@ def plain_loop(cfg: dict) -> list[float]:
     """FedAvg in one process, no Flower, no Ray: seconds per round."""
     data = federated_data(cfg)
     ds, device = data.dataset, torch.device("cpu")
-    sites = [site_tensors(data, i, device) for i in range(cfg["num_clients"])]
-    torch.manual_seed(cfg["seed"])
-    model = build_model(cfg, ds.shape, ds.num_classes)
+    sites = [site_tensors(data, i, device) for i in range(cfg.num_clients)]
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, ds.shape, ds.num_classes)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     test_x, test_y = ds.normalize(ds.test_x), ds.test_y
     seconds = []
-    for rnd in range(1, cfg["rounds"] + 1):
+    for rnd in range(1, cfg.rounds + 1):
         start = time.perf_counter()
         total, weighted = 0, {k: torch.zeros_like(v, dtype=torch.float32) for k, v in global_state.items()}
         for site_id, site in enumerate(sites):
             model.load_state_dict(global_state)
             seed = round_seed(cfg, rnd, site_id)
             torch.manual_seed(seed)
-            params = TrainParams(cfg["local_epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"],
-                                 cfg["weight_decay"], seed)
+            params = TrainParams(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.momentum,
+                                 cfg.weight_decay, seed)
             local_update(model, site, params, [], {})
             n = len(site.train_y)
             for k, v in model.state_dict().items():
@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     overrides = ["scenario=dirichlet_0.1", f"rounds={args.rounds}", *args.overrides]
     cfg = compose(overrides)
-    print(f"config: {' '.join(overrides)} (simple_cnn unless overridden; {cfg['num_clients']} clients)")
+    print(f"config: {' '.join(overrides)} (simple_cnn unless overridden; {cfg.num_clients} clients)")
     fed_rounds, startup = fedcls_run(overrides)
     plain_rounds = plain_loop(cfg)
     fed, plain = statistics.median(fed_rounds[1:]), statistics.median(plain_rounds[1:])

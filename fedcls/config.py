@@ -1,7 +1,8 @@
-"""Config: defaults + scenario file + command-line overrides -> one validated plain dict.
+"""Config: schema defaults + scenario file + command-line overrides -> one validated, typed Config.
 
 Overrides use Hydra's override grammar (``key=value``, nested ``a.b=c``), parsed by Hydra's own
-parser. ``strategy=NAME`` and ``model=NAME`` select a group: they set ``<group>.name`` (a new
+parser, onto the plain dict of the schema's defaults (fedcls.schema); the result is typed and
+checked by ``Config.from_dict``, then across keys by fedcls.checks. ``strategy=NAME`` and ``model=NAME`` select a group: they set ``<group>.name`` (a new
 strategy replaces the whole ``strategy`` node, as a Hydra group choice would) before the other
 overrides apply, so their order on the command line does not matter.
 """
@@ -17,15 +18,10 @@ import yaml
 
 import strategies
 from fedcls.errors import ConfigError, unknown_name
+from fedcls.schema import Config, defaults
 
-DEFAULTS_FILE = Path(__file__).parent / "conf" / "defaults.yaml"
 SCENARIO_DIR = Path(str(resources.files("scenarios")))  # package data: found in a wheel install too
 GROUPS = ("strategy", "model")  # dict nodes chosen by name: `strategy=fedprox` -> strategy.name
-
-
-def load_defaults() -> dict:
-    """The default config (fedcls/conf/defaults.yaml)."""
-    return yaml.safe_load(DEFAULTS_FILE.read_text())
 
 
 def scenario_names() -> list[str]:
@@ -73,10 +69,10 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-def compose(args: list[str]) -> dict:
+def compose(args: list[str]) -> Config:
     """Resolved, validated config from command-line overrides."""
     pairs = parse_overrides(args)
-    cfg = load_defaults()
+    cfg = defaults()
     scenario = next((v for k, v in reversed(pairs) if k == "scenario"), None)
     if scenario is not None:
         _merge(cfg, load_scenario(str(scenario)), f"scenarios/{scenario}.yaml")
@@ -87,7 +83,13 @@ def compose(args: list[str]) -> dict:
     for key, value in pairs:
         if key not in GROUPS and key != "scenario":
             _set(cfg, key, value)
-    _fill_strategy_defaults(cfg)
+    return load_config(cfg)
+
+
+def load_config(values: dict) -> Config:
+    """The typed, validated config of a plain dict (composed here, or a run's config.yaml)."""
+    values = {**values, "strategy": _with_strategy_defaults(values.get("strategy", {"name": "fedavg"}))}
+    cfg = Config.from_dict(values)
     validate(cfg)
     return cfg
 
@@ -125,7 +127,7 @@ def _merge(cfg: dict, update: dict, source: str, prefix: str = "") -> None:
         elif isinstance(value, dict) and isinstance(cfg.get(key), dict):
             _merge(cfg[key], value, source, f"{dotted}.")
         elif key not in cfg:
-            raise ConfigError(f"{source}: {_unknown_key(dotted, load_defaults())}")
+            raise ConfigError(f"{source}: {_unknown_key(dotted, defaults())}")
         else:
             cfg[key] = value
 
@@ -149,11 +151,10 @@ def _unknown_key(dotted: str, cfg: dict) -> ConfigError:
 CLIENT_LR_NAMES = ("eta_l", "client_lr", "local_lr")
 
 
-def _fill_strategy_defaults(cfg: dict) -> None:
-    node = cfg["strategy"]
+def _with_strategy_defaults(node: dict) -> dict:
     name = node.get("name")
     module = strategies.get(str(name))
-    for key, value in node.items():
+    for key in node:
         if key != "name" and key not in module.PARAMS:
             close = (difflib.get_close_matches(key, list(module.PARAMS), n=1)
                      or [p for p in module.PARAMS if key in p])
@@ -163,15 +164,15 @@ def _fill_strategy_defaults(cfg: dict) -> None:
             valid = ", ".join(module.PARAMS) or "none"
             raise ConfigError(f"strategy '{name}' has no parameter '{key}'.{hint} "
                               f"Its parameters: {valid}.")
-    cfg["strategy"] = {"name": name, **strategies.defaults(str(name)), **node}
+    return {"name": name, **strategies.defaults(str(name)), **node}
 
 
-def validate(cfg: dict) -> None:
-    """Raise ConfigError naming the key for any wrong type, name or impossible value."""
-    _check_types(cfg, load_defaults())
-    module = strategies.get(cfg["strategy"]["name"])
+def validate(cfg: Config) -> None:
+    """Raise ConfigError naming the key for any wrong strategy parameter, name or impossible value
+    (types, choices and ranges of single keys were checked by Config.from_dict)."""
+    module = strategies.get(cfg.strategy.name)
     for key, param in module.PARAMS.items():
-        if (message := param.check(f"strategy.{key}", cfg["strategy"][key])) is not None:
+        if (message := param.check(f"strategy.{key}", cfg.strategy.params[key])) is not None:
             raise ConfigError(message)
     from fedcls.checks import check_capabilities, check_values
 
@@ -179,24 +180,3 @@ def validate(cfg: dict) -> None:
     check_capabilities(cfg)
     if (message := module.check(cfg)) is not None:
         raise ConfigError(message)
-
-
-def _check_types(cfg: dict, defaults: dict, prefix: str = "") -> None:
-    for key, default in defaults.items():
-        dotted, value = f"{prefix}{key}", cfg.get(key)
-        if key == "strategy" and not prefix:
-            continue
-        if isinstance(default, dict):
-            _check_types(value, default, f"{dotted}.")
-        elif default is None:
-            if value is not None and not isinstance(value, (str, int)):
-                raise ConfigError(f"{dotted} must be a string or null, got {value!r}")
-            if isinstance(value, int) and not isinstance(value, bool):
-                cfg[key] = str(value)
-        elif isinstance(default, bool) != isinstance(value, bool):
-            raise ConfigError(f"{dotted} must be true or false, got {value!r}")
-        elif isinstance(default, float) and isinstance(value, int):
-            cfg[key] = float(value)
-        elif not isinstance(value, type(default)):
-            kind = {int: "an integer", float: "a number", str: "a string", list: "a list"}[type(default)]
-            raise ConfigError(f"{dotted} must be {kind}, got {value!r}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import strategies
-from fedcls.config import DEFAULTS_FILE, load_scenario, scenario_names
+from fedcls.config import load_scenario, scenario_names
+from fedcls.schema import schema_text
 
 
 def _scenario_line(name: str) -> str:
@@ -44,5 +45,5 @@ def help_text(usage: str) -> str:
     lines += ["", f"Datasets (dataset=NAME): {', '.join(SOURCES)}",
               f"Models (model=NAME): {', '.join(MODELS)}", "",
               "Config keys and their defaults (override any with key=value, nested a.b=c):", ""]
-    lines += ["  " + line for line in DEFAULTS_FILE.read_text().splitlines()[2:]]
+    lines += ["  " + line for line in schema_text()]
     return "\n".join(lines)

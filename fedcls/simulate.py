@@ -50,7 +50,7 @@ def _resume(folder: str, others: list[str]) -> int:
 
     import yaml
 
-    from fedcls.config import validate
+    from fedcls.config import load_config
     from fedcls.engine.runner import run
 
     if others:
@@ -60,8 +60,10 @@ def _resume(folder: str, others: list[str]) -> int:
         raise UserError(f"resume={folder}: no run folder there (it has no config.yaml); name a folder under "
                         f"results/runs/")
     try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        validate(cfg)
+        values = yaml.safe_load((run_dir / "config.yaml").read_text())
+        if not isinstance(values, dict):
+            raise TypeError("it holds no mapping of config keys")
+        cfg = load_config(values)
     except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
         raise UserError(f"{run_dir / 'config.yaml'} is not a readable fedcls config ({err})") from None
     return run(cfg, resume_dir=run_dir)

@@ -5,7 +5,7 @@ A strategy module holds both halves of its algorithm and defines:
 - ``PARAMS: dict[str, Param]`` -- its parameters (``strategy.<name>=...``) with defaults;
 - ``build_server(params, common, cfg) -> flwr.serverapp.strategy.Strategy`` -- the server half;
   ``common`` holds the sampling and metric-aggregation keyword arguments every FedAvg takes,
-  ``cfg`` the whole run config;
+  ``cfg`` the typed run config (fedcls.schema.Config: ``cfg.lr``, ``cfg.num_clients``);
 - optionally ``client_hooks(config, inbox) -> list[fedcls.algorithms.training.Hook]`` -- the client half,
   hooks into the one local training loop, built from the round's ConfigRecord and the server's
   named tensors (``inbox``: every ArrayRecord of the message besides the weights, as tensors);
@@ -27,6 +27,8 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+
+from fedcls.schema import Config
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def _no_evaluation_hooks() -> list:
     return []
 
 
-def _no_check(cfg: dict) -> None:
+def _no_check(cfg: Config) -> None:
     return None
 
 

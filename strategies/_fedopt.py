@@ -7,6 +7,7 @@ refused as an unknown key) and Flower is handed ``lr`` so its summary line is tr
 
 from __future__ import annotations
 
+from fedcls.schema import Config
 from strategies import Param
 
 
@@ -19,6 +20,6 @@ def fedopt_params(eta: float, betas: tuple[float, float] | None) -> dict[str, Pa
     return params
 
 
-def build_fedopt(cls, params: dict, common: dict, cfg: dict):
+def build_fedopt(cls, params: dict, common: dict, cfg: Config):
     """Flower's FedOpt subclass `cls` with the run's parameters (eta_l: the clients' lr)."""
-    return cls(**params, eta_l=cfg["lr"], **common)
+    return cls(**params, eta_l=cfg.lr, **common)

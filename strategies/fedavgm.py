@@ -6,6 +6,7 @@ Server half: Flower's FedAvgM. Client half: none.
 
 from flwr.serverapp.strategy import FedAvgM, Strategy
 
+from fedcls.schema import Config
 from strategies import Capabilities, Param
 
 PARAMS = {
@@ -15,6 +16,6 @@ PARAMS = {
 CAPABILITIES = Capabilities(weighted_mean=True)  # the cohort executor may pre-aggregate
 
 
-def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
+def build_server(params: dict, common: dict, cfg: Config) -> Strategy:
     return FedAvgM(server_learning_rate=params["server_learning_rate"],
                    server_momentum=params["server_momentum"], **common)

@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from torch import nn
 
 from fedcls.algorithms.training import Hook, TrainContext
+from fedcls.schema import Config
 from strategies import Capabilities
 
 PARAMS: dict = {}
@@ -26,7 +27,7 @@ STATE_KEY = "fedbn"
 CAPABILITIES = Capabilities(needs_batchnorm=True)
 
 
-def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
+def build_server(params: dict, common: dict, cfg: Config) -> Strategy:
     return FedAvg(**common)
 
 

@@ -31,6 +31,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedcls.algorithms.training import Hook, TrainContext
+from fedcls.schema import Config
 from strategies import Param
 from strategies._arrays import KeepsGlobal, is_statistic, to_numpy, to_record
 
@@ -71,8 +72,8 @@ class FedDyn(KeepsGlobal, FedAvg):
         return to_record(new, like=x), metrics
 
 
-def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
-    return FedDyn(params["alpha"], cfg["num_clients"], params["max_grad_norm"], **common)
+def build_server(params: dict, common: dict, cfg: Config) -> Strategy:
+    return FedDyn(params["alpha"], cfg.num_clients, params["max_grad_norm"], **common)
 
 
 class DynamicRegularizer(Hook):

@@ -6,8 +6,10 @@ Server half: Flower's FedMedian. Client half: none.
 
 from flwr.serverapp.strategy import FedMedian, Strategy
 
+from fedcls.schema import Config
+
 PARAMS: dict = {}
 
 
-def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
+def build_server(params: dict, common: dict, cfg: Config) -> Strategy:
     return FedMedian(**common)

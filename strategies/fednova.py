@@ -30,6 +30,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedcls.algorithms.training import step_weight
+from fedcls.schema import Config
 from strategies import Param
 from strategies._arrays import (
     KeepsGlobal,
@@ -81,5 +82,5 @@ class FedNova(KeepsGlobal, FedAvg):
         return to_record(new, like=x), metrics
 
 
-def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
-    return FedNova(cfg["momentum"], params["tau_eff"], **common)
+def build_server(params: dict, common: dict, cfg: Config) -> Strategy:
+    return FedNova(cfg.momentum, params["tau_eff"], **common)

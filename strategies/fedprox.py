@@ -10,13 +10,14 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedProx, Strategy
 
 from fedcls.algorithms.training import Hook, StepTerms
+from fedcls.schema import Config
 from strategies import Capabilities, Param
 
 PARAMS = {"proximal_mu": Param(0.01, "weight mu of the proximal term", minimum=0.0)}
 CAPABILITIES = Capabilities(weighted_mean=True)  # the cohort executor may pre-aggregate
 
 
-def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
+def build_server(params: dict, common: dict, cfg: Config) -> Strategy:
     return FedProx(proximal_mu=params["proximal_mu"], **common)
 
 

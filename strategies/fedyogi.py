@@ -6,6 +6,7 @@ Server half: Flower's FedYogi. Client half: none (local SGD with the run's lr).
 
 from flwr.serverapp.strategy import FedYogi, Strategy
 
+from fedcls.schema import Config
 from strategies import Capabilities
 from strategies._fedopt import build_fedopt, fedopt_params
 
@@ -13,5 +14,5 @@ PARAMS = fedopt_params(eta=0.03, betas=(0.9, 0.99))  # eta: results/studies/stra
 CAPABILITIES = Capabilities(weighted_mean=True)  # the cohort executor may pre-aggregate
 
 
-def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
+def build_server(params: dict, common: dict, cfg: Config) -> Strategy:
     return build_fedopt(FedYogi, params, common, cfg)

@@ -18,6 +18,7 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedcls.algorithms.training import Hook, TrainContext
+from fedcls.schema import Config
 from strategies import Param
 
 PARAMS = {
@@ -37,7 +38,7 @@ class Moon(FedAvg):
         return super().configure_train(server_round, arrays, config, grid)
 
 
-def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
+def build_server(params: dict, common: dict, cfg: Config) -> Strategy:
     return Moon(params["mu"], params["temperature"], **common)
 
 

@@ -6,6 +6,7 @@ Server half: Flower's MultiKrum. Client half: none.
 
 from flwr.serverapp.strategy import MultiKrum, Strategy
 
+from fedcls.schema import Config
 from strategies import Param
 
 PARAMS = {
@@ -14,6 +15,6 @@ PARAMS = {
 }
 
 
-def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
+def build_server(params: dict, common: dict, cfg: Config) -> Strategy:
     return MultiKrum(num_malicious_nodes=params["num_malicious"],
                      num_nodes_to_select=params["num_selected"], **common)

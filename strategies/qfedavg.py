@@ -11,6 +11,7 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import QFedAvg, Strategy
 
 from fedcls.algorithms.training import Hook, TrainContext, evaluate
+from fedcls.schema import Config
 from strategies import Capabilities, Param
 
 PARAMS = {"q": Param(0.1, "fairness exponent q (0 weighs all clients by plain FedAvg steps)", minimum=0.0)}
@@ -20,8 +21,8 @@ CAPABILITIES = Capabilities(integer_buffers=False)
 LOSS_KEY = "initial_loss"
 
 
-def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
-    return QFedAvg(client_learning_rate=cfg["lr"], q=params["q"], train_loss_key=LOSS_KEY, **common)
+def build_server(params: dict, common: dict, cfg: Config) -> Strategy:
+    return QFedAvg(client_learning_rate=cfg.lr, q=params["q"], train_loss_key=LOSS_KEY, **common)
 
 
 class InitialLoss(Hook):

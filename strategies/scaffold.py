@@ -43,6 +43,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedcls.algorithms.training import Hook, StepTerms, TrainContext, step_weight, with_noise
+from fedcls.schema import Config
 from strategies import Param
 from strategies._arrays import KeepsGlobal, to_numpy, to_record, valid
 
@@ -108,8 +109,8 @@ class Scaffold(KeepsGlobal, FedAvg):
         return [k / sum(n) for k in n], [k / total for k in n]
 
 
-def build_server(params: dict, common: dict, cfg: dict) -> Strategy:
-    return Scaffold(params["server_lr"], cfg["num_clients"], params.get("option", "II"),
+def build_server(params: dict, common: dict, cfg: Config) -> Strategy:
+    return Scaffold(params["server_lr"], cfg.num_clients, params.get("option", "II"),
                     params.get("correction", "step"), params.get("weights", "examples"), **common)
 
 

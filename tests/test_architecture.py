@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Layers, lowest first: a module may import its own layer's modules and lower layers' only.
 LAYERS = {
-    "fedcls": 0, "fedcls.errors": 0, "fedcls.caching": 0,
+    "fedcls": 0, "fedcls.errors": 0, "fedcls.caching": 0, "fedcls.schema": 0,
     "fedcls.data": 1, "fedcls.outputs": 1,
     "fedcls.algorithms": 2, "strategies": 2,
     "fedcls.config": 3, "fedcls.checks": 3,  # composes and validates against every registry below

@@ -88,11 +88,12 @@ def test_models_and_hooks_a_cohort_cannot_run_are_named():
 
 def federate(cfg, workers, tmp_path):
     from fedcls.apps.federation import run_federation
+    from fedcls.data.federated import federated_data
     from fedcls.engine.cohort_grid import CohortGrid
     from fedcls.outputs.results import Recorder
 
     recorder = Recorder(tmp_path / f"run{len(list(tmp_path.iterdir()))}", cfg, echo=lambda line: None)
-    arrays = run_federation(CohortGrid(cfg["num_clients"], workers, echo=lambda line: None), cfg, recorder)
+    arrays = run_federation(CohortGrid(cfg.num_clients, workers, echo=lambda line: None), cfg, federated_data(cfg), recorder)
     return arrays.to_torch_state_dict(), recorder.rows
 
 
@@ -123,6 +124,7 @@ def test_clients_a_cohort_cannot_hold_train_alone_with_one_notice(monkeypatch, t
     from fedcls.apps.cohort.worker import CohortWorker
     from fedcls.apps.federation import run_federation
     from fedcls.config import compose
+    from fedcls.data.federated import federated_data
     from fedcls.engine.cohort_grid import CohortGrid
     from fedcls.outputs.results import Recorder
     from strategy_helpers import identity
@@ -132,7 +134,7 @@ def test_clients_a_cohort_cannot_hold_train_alone_with_one_notice(monkeypatch, t
                    "model=simple_cnn_bn", "fraction_evaluate=0"])
     lines = []
     grid = CohortGrid(3, [CohortWorker()], echo=lines.append)
-    run_federation(grid, cfg, Recorder(tmp_path / "run", cfg, echo=lambda line: None))
+    run_federation(grid, cfg, federated_data(cfg), Recorder(tmp_path / "run", cfg, echo=lambda line: None))
     assert len(lines) == 1 and "trains alone: BatchNorm keeps running statistics" in lines[0]
 
 
@@ -147,6 +149,7 @@ def test_a_dead_cohort_worker_fails_its_clients_once_then_is_replaced(monkeypatc
     from fedcls.apps.cohort.worker import CohortWorker
     from fedcls.apps.federation import run_federation
     from fedcls.config import compose
+    from fedcls.data.federated import federated_data
     from fedcls.engine.cohort_grid import CohortGrid
     from fedcls.outputs.results import Recorder
     from strategy_helpers import identity
@@ -167,7 +170,7 @@ def test_a_dead_cohort_worker_fails_its_clients_once_then_is_replaced(monkeypatc
         return discovered(messages, timeout)
 
     monkeypatch.setattr(grid, "send_and_receive", send)
-    run_federation(grid, cfg, recorder)
+    run_federation(grid, cfg, federated_data(cfg), recorder)
     first, second = recorder.rows
     assert sorted(s for s, _ in first["trained"]) == [0, 2] and len(first["faults"]["crashed"]) == 2
     assert "actor died" in first["failures"][0]

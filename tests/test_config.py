@@ -1,21 +1,22 @@
 import pytest
 import yaml
 
-from fedcls.config import compose, load_defaults, scenario_names
+from fedcls.config import compose, scenario_names
 from fedcls.errors import ConfigError
+from fedcls.schema import Config, ModelConfig, PartitionConfig, StrategyConfig
 
 
 @pytest.mark.parametrize("name", scenario_names())
 def test_every_scenario_file_composes_and_validates(name):
     cfg = compose([f"scenario={name}"])
-    assert cfg["scenario"] == name
+    assert cfg.scenario == name
     if name in ("digits_shift", "digits_shift_framed", "hospitals"):
-        assert cfg["domain"]["targets"] == [4] and cfg["partition"]["kind"] == "iid"
+        assert cfg.domain.targets == [4] and cfg.partition.kind == "iid"
     elif name.startswith("continual_"):
         kinds = {"continual_classes": "class_incremental", "continual_domains": "domain_incremental"}
-        assert cfg["continual"]["kind"] == kinds[name]
+        assert cfg.continual.kind == kinds[name]
     else:
-        assert cfg["partition"]["kind"] in name.replace("label", "label_k") or name == "iid"
+        assert cfg.partition.kind in name.replace("label", "label_k") or name == "iid"
 
 
 def test_required_scenarios_exist():
@@ -25,29 +26,30 @@ def test_required_scenarios_exist():
 
 def test_overrides_beat_scenario_which_beats_defaults():
     cfg = compose(["scenario=dirichlet_0.1", "partition.alpha=0.3", "num_clients=20", "lr=1"])
-    assert cfg["partition"] == {**load_defaults()["partition"], "kind": "dirichlet", "alpha": 0.3}
-    assert cfg["num_clients"] == 20 and cfg["lr"] == 1.0 and isinstance(cfg["lr"], float)
+    assert cfg.partition == PartitionConfig(kind="dirichlet", alpha=0.3)
+    assert cfg.num_clients == 20 and cfg.lr == 1.0 and isinstance(cfg.lr, float)
 
 
 def test_strategy_choice_fills_its_defaults_in_any_order():
     a = compose(["strategy.proximal_mu=0.5", "strategy=fedprox"])
     b = compose(["strategy=fedprox"])
-    assert a["strategy"] == {"name": "fedprox", "proximal_mu": 0.5}
-    assert b["strategy"] == {"name": "fedprox", "proximal_mu": 0.01}
-    assert compose([])["strategy"] == {"name": "fedavg"}
+    assert a.strategy == StrategyConfig("fedprox", {"proximal_mu": 0.5})
+    assert b.strategy == StrategyConfig("fedprox", {"proximal_mu": 0.01})
+    assert compose([]).strategy == StrategyConfig("fedavg", {})
+    assert a.to_dict()["strategy"] == {"name": "fedprox", "proximal_mu": 0.5}  # config.yaml's layout
 
 
 def test_model_choice_keeps_model_options():
     cfg = compose(["model=resnet18", "model.norm=group"])
-    assert cfg["model"] == {"name": "resnet18", "norm": "group"}
+    assert cfg.model == ModelConfig("resnet18", "group")
 
 
 def test_scenario_path_and_yaml_roundtrip(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("partition: {kind: label_k, k: 4}\nrounds: 3\n")
     cfg = compose([f"scenario={path}"])
-    assert cfg["partition"]["k"] == 4 and cfg["rounds"] == 3
-    assert yaml.safe_load(yaml.safe_dump(cfg)) == cfg
+    assert cfg.partition.k == 4 and cfg.rounds == 3
+    assert Config.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
 
 
 @pytest.mark.parametrize("args, message", [
@@ -71,6 +73,10 @@ def test_scenario_path_and_yaml_roundtrip(tmp_path):
     (["scenario=label_2", "partition.k=11"], "partition.k=11 is above the 10 classes"),
     (["lr=fast"], "lr must be a number"),
     (["num_clients=2.5"], "num_clients must be an integer"),
+    (["num_clients=true"], "num_clients must be an integer, got True"),
+    (["lr=inf"], "lr must be a finite number"),
+    (["lr=nan"], "lr must be a finite number"),
+    (["seed=-1"], "seed must be >= 0, got -1"),
     (["verbose=maybe"], "verbose must be true or false"),
     (["strategy=fedprox", "strategy.proximal_mu=-1"], "strategy.proximal_mu must be >= 0"),
     (["device=cuda"], "set backend.num_gpus"),

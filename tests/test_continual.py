@@ -93,7 +93,7 @@ def _site(*args):
     cfg = cfg_of("partition.kind=iid", *args)
     data = federated_data(cfg)
     torch.manual_seed(0)
-    model = build_model(cfg, data.dataset.shape, data.dataset.num_classes)
+    model = build_model(cfg.model, data.dataset.shape, data.dataset.num_classes)
     return cfg, model, site_stream(cfg, data, 0, torch.device("cpu"))
 
 

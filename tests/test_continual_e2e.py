@@ -52,8 +52,8 @@ def avalanche_ewc(cfg: dict) -> tuple[list[list[float]], dict]:
     tests = [tensor_dataset(x, y, task_labels=0) for x, y in global_test_sets(cfg, data)]
     bench = benchmark_from_datasets(train=[e.dataset for e in stream.scenario.train_stream], test=tests)
     torch.set_num_threads(1)  # as in a client actor (backend.num_cpus=1): the same float sums
-    torch.manual_seed(cfg["seed"])  # fedcls's initial global weights
-    model = build_model(cfg, data.dataset.shape, data.dataset.num_classes)
+    torch.manual_seed(cfg.seed)  # fedcls's initial global weights
+    model = build_model(cfg.model, data.dataset.shape, data.dataset.num_classes)
 
     class SameOrderEWC(EWC):
         def make_train_dataloader(self, **kwargs):
@@ -64,10 +64,10 @@ def avalanche_ewc(cfg: dict) -> tuple[list[list[float]], dict]:
         def make_optimizer(self, **kwargs):
             super().make_optimizer(**{**kwargs, "reset_optimizer_state": True})
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     strategy = SameOrderEWC(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
-                            ewc_lambda=cfg["continual"]["ewc_lambda"], train_mb_size=cfg["batch_size"],
-                            train_epochs=cfg["local_epochs"], eval_mb_size=1024,
+                            ewc_lambda=cfg.continual.ewc_lambda, train_mb_size=cfg.batch_size,
+                            train_epochs=cfg.local_epochs, eval_mb_size=1024,
                             evaluator=EvaluationPlugin(accuracy_metrics(experience=True)))
     matrix = []
     for exp in bench.train_stream:

@@ -91,7 +91,7 @@ def test_target_accuracy_is_the_targets_weighted_accuracy_and_targets_do_not_tra
     (["domain.target_dataset=digitz", "domain.targets=[1]"], "Did you mean 'digits'"),
     (["domain.target_dataset=digits"], "needs target sites"),
     (["coral.enabled=true"], "coral.mode=target needs target sites"),
-    (["coral.mode=mean"], "unknown CORAL mode"),
+    (["coral.mode=mean"], "unknown coral mode"),
     (["coral.lambda=-1"], "coral.lambda must be >= 0"),
     (["scenario=continual_classes", "domain.targets=[1]"], "continual runs do not take"),
 ])
@@ -191,7 +191,7 @@ def test_a_target_trains_on_coral_alone_never_on_its_labels():
 
     cfg = compose(["model=simple_cnn"])
     torch.manual_seed(0)
-    model = build_model(cfg, (1, 28, 28), 10)
+    model = build_model(cfg.model, (1, 28, 28), 10)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(40, 1, 28, 28, generator=gen)
     bad_labels = torch.full((40,), 99)  # cross-entropy on these would raise

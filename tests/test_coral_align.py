@@ -107,5 +107,5 @@ def test_bad_alignment_settings_name_the_fix(args, message):
 def test_the_target_table_names_the_alignment():
     from fedcls.studies.domain_report import _setting
 
-    assert _setting(compose(["scenario=digits_shift", "coral.align=recolour"])) == "fedavg + recolour (eps 1)"
-    assert _setting(compose(["scenario=digits_shift"])) == "fedavg"
+    assert _setting(compose(["scenario=digits_shift", "coral.align=recolour"]).to_dict()) == "fedavg + recolour (eps 1)"
+    assert _setting(compose(["scenario=digits_shift"]).to_dict()) == "fedavg"

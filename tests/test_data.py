@@ -6,9 +6,14 @@ import pytest
 import torch
 
 from fedcls.config import compose
-from fedcls.data.federated import build_federated_data, site_tensors
+from fedcls.data.federated import build_federated_data, federated_data, site_tensors
 from fedcls.data.sources import load_dataset
 from fedcls.errors import DataError
+
+
+def _source(cfg) -> tuple:
+    """(dataset name, data section) of a composed config: what load_dataset takes."""
+    return cfg.dataset, cfg.data
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -29,26 +34,26 @@ def mnist_fixture(root, folder="MNIST", n_train=60, n_test=20):
 
 def test_mnist5k_is_split_stratified_and_fixed():
     cfg = compose([])
-    ds = load_dataset(cfg)
+    ds = load_dataset(cfg.dataset, cfg.data)
     assert ds.train_x.shape == (4000, 1, 28, 28) and ds.test_x.shape == (1000, 1, 28, 28)
     assert ds.train_x.dtype == torch.uint8
     assert torch.bincount(ds.test_y).tolist() == [100] * 10
-    again = load_dataset(compose(["seed=5"]))  # the split does not move with the training seed
+    again = load_dataset(*_source(compose(["seed=5"])))  # the split does not move with the training seed
     assert torch.equal(ds.test_y, again.test_y) and torch.equal(ds.test_x, again.test_x)
     x = ds.normalize(ds.train_x[:500])
     assert abs(x.mean().item()) < 0.2 and 0.8 < x.std().item() < 1.2
 
 
 def test_digits_are_upsampled_to_28x28():
-    ds = load_dataset(compose(["dataset=digits"]))
+    ds = load_dataset(*_source(compose(["dataset=digits"])))
     assert ds.shape == (1, 28, 28) and ds.num_classes == 10
     assert len(ds.train_y) + len(ds.test_y) == 1797 and ds.train_x.max() > 200
 
 
 def test_synthetic_shape_follows_config():
-    ds = load_dataset(compose(["dataset=synthetic", "data.synthetic.num_samples=200",
+    ds = load_dataset(*_source(compose(["dataset=synthetic", "data.synthetic.num_samples=200",
                                "data.synthetic.num_classes=4", "data.synthetic.channels=3",
-                               "data.synthetic.image_size=8"]))
+                               "data.synthetic.image_size=8"])))
     assert ds.shape == (3, 8, 8) and ds.num_classes == 4 and len(ds.train_y) == 160
 
 
@@ -65,7 +70,7 @@ def test_torchvision_mnist_format_from_data_root(tmp_path, name, folder):
 def test_missing_torchvision_data_names_the_expected_path(tmp_path):
     cfg = compose(["dataset=cifar10", f"data.root={tmp_path}", "data.download=false"])
     with pytest.raises(DataError, match=f"{tmp_path}/cifar-10-batches-py"):
-        load_dataset(cfg)
+        load_dataset(cfg.dataset, cfg.data)
 
 
 def test_sites_split_their_partition_into_local_train_and_test():
@@ -99,16 +104,16 @@ def test_imagefolder_dataset_reads_your_own_images(tmp_path):
     write_pngs(tmp_path / "train", images[:45], labels[:45], names)
     write_pngs(tmp_path / "test", images[45:], labels[45:], ["cat", "dog", "eel"])
     cfg = compose(["dataset=imagefolder", f"data.image_folder={tmp_path}", "num_clients=3"])
-    ds = load_dataset(cfg)
+    ds = load_dataset(cfg.dataset, cfg.data)
     assert ds.class_names == names and ds.shape == (1, 12, 12) and ds.num_classes == 3
     assert torch.equal(ds.train_x, images[:45]) and torch.equal(ds.train_y, labels[:45])  # file-name order
     assert torch.equal(ds.test_x, images[45:]) and torch.equal(ds.test_y, labels[45:])
-    resized = load_dataset(compose(["dataset=imagefolder", f"data.image_folder={tmp_path}", "data.image_size=20"]))
+    resized = load_dataset(*_source(compose(["dataset=imagefolder", f"data.image_folder={tmp_path}", "data.image_size=20"])))
     assert resized.shape == (1, 20, 20)
     import shutil
 
     shutil.rmtree(tmp_path / "test")  # without test/: data.test_fraction is held out
-    held = load_dataset(cfg)
+    held = load_dataset(cfg.dataset, cfg.data)
     assert len(held.test_y) == 9 and len(held.train_y) == 36
 
 
@@ -185,7 +190,7 @@ def test_a_run_without_local_test_splits_completes_with_no_local_accuracy(monkey
     cfg = compose(["num_clients=3", "model=mlp", "local_epochs=1", "rounds=2", "data.local_test_fraction=0",
                    "data.normalize=none", "fraction_evaluate=1", "checkpoint_every=0"])
     recorder = Recorder(tmp_path / "run", cfg, echo=lambda line: None)
-    run_federation(CohortGrid(3, [CohortWorker(per_client=True)]), cfg, recorder)
+    run_federation(CohortGrid(3, [CohortWorker(per_client=True)]), cfg, federated_data(cfg), recorder)
     assert [r["failures"] for r in recorder.rows] == [[], []]
     assert all(r["clients"] == {} for r in recorder.rows)
     assert recorder.rows[-1]["accuracy"] > 0.5, recorder.rows[-1]

@@ -133,6 +133,7 @@ def simulated_rows(cfg_args: list[str], tmp_path: Path, monkeypatch) -> list[dic
     from fedcls.apps.cohort.worker import CohortWorker
     from fedcls.apps.federation import run_federation
     from fedcls.config import compose
+    from fedcls.data.federated import federated_data
     from fedcls.engine.cohort_grid import CohortGrid
     from fedcls.outputs.results import Recorder
     from strategy_helpers import identity
@@ -140,7 +141,7 @@ def simulated_rows(cfg_args: list[str], tmp_path: Path, monkeypatch) -> list[dic
     identity(monkeypatch)
     cfg = compose(cfg_args)
     recorder = Recorder(tmp_path / "sim", cfg, echo=lambda line: None)
-    run_federation(CohortGrid(cfg["num_clients"], [CohortWorker(per_client=True)]), cfg, recorder)
+    run_federation(CohortGrid(cfg.num_clients, [CohortWorker(per_client=True)]), cfg, federated_data(cfg), recorder)
     return recorder.rows
 
 

@@ -21,7 +21,7 @@ from fedcls.algorithms.continual.streams import SiteStream
 from fedcls.algorithms.training import TrainParams, local_update
 from fedcls.apps import faults
 from fedcls.config import compose
-from fedcls.data.federated import SiteTensors
+from fedcls.data.federated import SiteTensors, federated_data
 from fedcls.errors import ConfigError
 from strategy_helpers import identity
 
@@ -124,7 +124,7 @@ def test_server_warns_once_naming_the_bound_and_the_settings(monkeypatch, cap, w
     identity(monkeypatch)
     cfg = compose(["scenario=continual_classes", "dataset=synthetic", "data.synthetic.num_samples=600",
                    "num_clients=3", f"continual.ewc_cap={cap}"])
-    server = ContinualServer(cfg)
+    server = ContinualServer(cfg, federated_data(cfg))
     server.incoming([_reply(0, 0.5, 0.0), _reply(1, 0.9, 0.0)])  # below the bound: silent
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -18,16 +18,16 @@ SMALL = ["dataset=synthetic", "data.synthetic.num_samples=300", "num_clients=3",
          "fraction_evaluate=0", "save_model=false"]
 
 
-def _crash_message(cfg: dict, site: int) -> Message:
+def _crash_message(cfg, site: int) -> Message:
     """Round 1's training message to `site`, as the server sends it (faults.crash_prob=1: it raises)."""
-    from fedcls.apps.client_app import CONFIG_KEY
     from fedcls.apps.federation import global_evaluator
+    from fedcls.apps.payload import CONFIG_KEY, Payload
     from fedcls.data.federated import federated_data
-    from fedcls.data.site_folders import FEDERATION_KEY, federation_info
+    from fedcls.data.site_folders import federation_info
 
-    payload = {**cfg, FEDERATION_KEY: federation_info(federated_data(cfg).dataset)}
-    config = ConfigRecord({CONFIG_KEY: json.dumps(payload), "server-round": 1})
-    return Message(RecordDict({"arrays": global_evaluator(cfg)[0], "config": config}),
+    ds = federated_data(cfg).dataset
+    config = ConfigRecord({CONFIG_KEY: Payload(cfg, federation_info(ds)).to_json(), "server-round": 1})
+    return Message(RecordDict({"arrays": global_evaluator(cfg, ds)[0], "config": config}),
                    dst_node_id=site + 1, message_type="train")
 
 
@@ -49,6 +49,7 @@ def test_client_errors_keep_whole_reasons_while_rows_and_console_keep_one_line(m
     from fedcls.apps.cohort.worker import CohortWorker
     from fedcls.apps.faults import fault_of
     from fedcls.apps.federation import run_federation
+    from fedcls.data.federated import federated_data
     from fedcls.engine.cohort_grid import CohortGrid
     from strategy_helpers import identity
 
@@ -58,7 +59,7 @@ def test_client_errors_keep_whole_reasons_while_rows_and_console_keep_one_line(m
     assert crashed == [(1, 1), (2, 0), (2, 2)]  # seed 3: some sites crash in each round, some train
     lines = []
     recorder = Recorder(tmp_path / "run", cfg, echo=lines.append)
-    run_federation(CohortGrid(3, [CohortWorker()]), cfg, recorder)
+    run_federation(CohortGrid(3, [CohortWorker()]), cfg, federated_data(cfg), recorder)
     text = (tmp_path / "run" / "client_errors.txt").read_text()
     assert [(r, s) for r in (1, 2) for s in range(3) if f"round {r}, site {s}, train:" in text] == crashed
     assert text.count("Traceback (most recent call last)") == len(crashed)
@@ -95,6 +96,7 @@ def test_a_stopped_server_thread_ends_after_its_round_with_an_interrupted_summar
     """What Ctrl-C does to the ServerApp thread (fedcls.engine.simulation): it stops at its next
     grid call, the round and checkpoint before that complete, and the summary says interrupted."""
     from fedcls.apps.cohort.worker import CohortWorker
+    from fedcls.data.federated import federated_data
     from fedcls.engine.cohort_grid import CohortGrid
     from fedcls.engine.simulation import serve
     from strategy_helpers import identity
@@ -103,7 +105,8 @@ def test_a_stopped_server_thread_ends_after_its_round_with_an_interrupted_summar
     cfg = compose([*SMALL, "rounds=4", "checkpoint_every=1"])
     stop, running = threading.Event(), threading.Lock()
     recorder = Recorder(tmp_path / "run", cfg, echo=lambda line: stop.set())  # Ctrl-C after round 1's line
-    thread = threading.Thread(target=serve, args=(CohortGrid(3, [CohortWorker()]), cfg, recorder, None, stop, running))
+    thread = threading.Thread(target=serve, args=(CohortGrid(3, [CohortWorker()]), cfg, federated_data(cfg), recorder, None,
+                                                           stop, running))
     thread.start()
     thread.join(timeout=60)
     assert not thread.is_alive() and not running.locked()

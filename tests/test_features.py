@@ -1,7 +1,6 @@
 """Features are plug-ins with two halves: the registry (fedcls.apps.features) decides which run,
 and a new feature reaches the ClientApp and the round loop without either naming it."""
 
-import json
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -10,6 +9,7 @@ from fedcls.algorithms.feature import ClientHalf, Extension, Feature
 from fedcls.algorithms.models import build_model
 from fedcls.algorithms.training import Hook
 from fedcls.apps import client_app, features
+from fedcls.apps.payload import CONFIG_KEY, Payload
 from fedcls.config import compose
 from fedcls.data.federated import federated_data
 from strategy_helpers import identity
@@ -25,13 +25,13 @@ def names(halves) -> list[str]:
 
 
 def test_the_registry_turns_on_the_halves_a_config_asks_for():
-    assert features.client_halves(compose(ARGS)) == [] and features.extensions_for(compose(ARGS)) == []
+    assert features.client_halves(compose(ARGS)) == [] and features.extensions_for(compose(ARGS), federated_data(compose(ARGS))) == []
     cfg = compose(["scenario=digits_shift", "coral.enabled=true", "coral.align=recolour"])
-    assert names(features.extensions_for(cfg)) == ["DomainEvaluation", "CoralServer", "RecolourServer"]
+    assert names(features.extensions_for(cfg, federated_data(cfg))) == ["DomainEvaluation", "CoralServer", "RecolourServer"]
     assert names(features.client_halves(cfg)) == ["CoralClient", "RecolourClient"]
     cfg = compose(["scenario=continual_classes", "faults.nan_prob=0.5"])
     assert names(features.client_halves(cfg)) == ["ContinualClient", "FaultInjection"]
-    assert names(features.extensions_for(cfg)) == ["ContinualServer"]
+    assert names(features.extensions_for(cfg, federated_data(cfg))) == ["ContinualServer"]
 
 
 def test_the_client_app_names_no_feature():
@@ -63,17 +63,17 @@ class ZeroBias(ClientHalf):
 def test_a_new_feature_plugs_into_the_client_app_without_touching_it(monkeypatch):
     identity(monkeypatch)
     log: list = []
-    toy = Feature("toy", lambda cfg: True, server=lambda cfg: Extension(), client=lambda cfg: ZeroBias(log))
+    toy = Feature("toy", lambda cfg: True, server=lambda cfg, data: Extension(), client=lambda cfg: ZeroBias(log))
     monkeypatch.setattr(features, "FEATURES", (*features.FEATURES, toy))
     cfg = compose(ARGS)
     ds = federated_data(cfg).dataset
-    weights = build_model(cfg, ds.shape, ds.num_classes).state_dict()
+    weights = build_model(cfg.model, ds.shape, ds.num_classes).state_dict()
     msg = Message(RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord(
-        {client_app.CONFIG_KEY: json.dumps(cfg), "server-round": 1})}), dst_node_id=1, message_type="train")
+        {CONFIG_KEY: Payload(cfg).to_json(), "server-round": 1})}), dst_node_id=1, message_type="train")
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
     reply = client_app.train(msg, context)
     sent = reply.content["arrays"].to_torch_state_dict()
     assert log == [("trains", int(reply.content["metrics"]["num-examples"]))]
     assert all(not v.any() for k, v in sent.items() if k.endswith("bias"))
     assert any(v.any() for k, v in sent.items() if k.endswith("weight"))
-    assert names(features.extensions_for(cfg)) == ["Extension"]
+    assert names(features.extensions_for(cfg, federated_data(cfg))) == ["Extension"]

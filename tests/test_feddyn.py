@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 
 import strategies
 from fedcls.algorithms.training import TrainParams, local_update
+from fedcls.schema import Config
 from strategies import feddyn
 from strategy_helpers import identity
 from test_quadratic import COMMON, Nodes, Point, federate, fixed_point, optimum, site, train_site
@@ -32,7 +33,7 @@ def linear_rounds(rounds: int, alpha: float, lr: float, steps: int) -> list[np.n
     """The global point after each round of FedDyn (3 identical sites, no momentum, full
     participation) on the linear loss <G, w>."""
     module = strategies.get("feddyn")
-    strategy = module.build_server({"alpha": alpha, "max_grad_norm": 10.0}, COMMON, {"num_clients": 3})
+    strategy = module.build_server({"alpha": alpha, "max_grad_norm": 10.0}, COMMON, Config(num_clients=3))
     arrays, states, points = ArrayRecord(Point().state_dict()), [{}, {}, {}], []
     loss = lambda out, _targets: (out * torch.tensor(G)).sum(1).mean()  # noqa: E731
     for rnd in range(1, rounds + 1):

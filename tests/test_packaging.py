@@ -65,4 +65,4 @@ def test_scenarios_are_found_in_their_package_and_by_path(tmp_path):
     mine = tmp_path / "mine.yaml"
     mine.write_text("partition:\n  kind: dirichlet\n  alpha: 0.3\nnum_clients: 3\n")
     cfg = compose([f"scenario={mine}"])
-    assert (cfg["partition"]["alpha"], cfg["num_clients"]) == (0.3, 3)
+    assert (cfg.partition.alpha, cfg.num_clients) == (0.3, 3)

@@ -3,9 +3,10 @@ import pytest
 
 from fedcls.data.partition import dirichlet, label_k, make_partition, quantity, shards
 from fedcls.errors import ConfigError
+from fedcls.schema import PartitionConfig
 
 LABELS = np.repeat(np.arange(10), 400)  # 4000 samples, 400 per class (mnist5k's train pool)
-SPEC = {"kind": "iid", "alpha": 0.5, "k": 2, "shards_per_client": 2, "sigma": 0.1, "min_size": 10}
+SPEC = PartitionConfig()
 
 
 def covers_disjointly(parts, n_total):
@@ -70,14 +71,14 @@ def test_shards_give_each_client_its_shards():
 
 
 def test_noise_std_grows_linearly_with_client_index():
-    part = make_partition(LABELS, 5, {**SPEC, "kind": "noise", "sigma": 0.1}, seed=0)
+    part = make_partition(LABELS, 5, PartitionConfig(kind="noise", sigma=0.1), seed=0)
     assert part.noise_std == pytest.approx([0.0, 0.025, 0.05, 0.075, 0.1])
     assert make_partition(LABELS, 5, SPEC, seed=0).noise_std == [0.0] * 5
 
 
 @pytest.mark.parametrize("kind", ["iid", "dirichlet", "label_k", "shards", "quantity", "noise"])
 def test_partitions_are_determined_by_the_seed(kind):
-    spec = {**SPEC, "kind": kind}
+    spec = PartitionConfig(kind=kind)
     a, b = make_partition(LABELS, 10, spec, 7), make_partition(LABELS, 10, spec, 7)
     c = make_partition(LABELS, 10, spec, 8)
     assert all(np.array_equal(x, y) for x, y in zip(a.indices, b.indices))
@@ -85,7 +86,7 @@ def test_partitions_are_determined_by_the_seed(kind):
 
 
 def test_class_counts_matrix():
-    part = make_partition(LABELS, 4, {**SPEC, "kind": "label_k", "k": 1}, 0)
+    part = make_partition(LABELS, 4, PartitionConfig(kind="label_k", k=1), 0)
     counts = part.class_counts(LABELS, 10)
     assert counts.shape == (4, 10) and counts.sum() == 1600
     assert counts[2].tolist() == [0, 0, 400, 0, 0, 0, 0, 0, 0, 0]

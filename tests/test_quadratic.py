@@ -16,6 +16,7 @@ from torch import nn
 import strategies
 from fedcls.algorithms.training import TrainParams, local_update, step_weight
 from fedcls.data.federated import SiteTensors
+from fedcls.schema import Config
 from strategy_helpers import identity
 
 # three sites in 2-D with different curvatures and optima
@@ -74,7 +75,7 @@ def federate(name: str, steps, lr: float, momentum: float, rounds: int, a=A, **p
     """The global point after `rounds` rounds of strategy `name` from w = 0 (inf: it diverged)."""
     module = strategies.get(name)
     params = {**{k: p.default for k, p in module.PARAMS.items()}, **params}
-    strategy = module.build_server(params, COMMON, {"num_clients": 3, "momentum": momentum})
+    strategy = module.build_server(params, COMMON, Config(num_clients=3, momentum=momentum))
     arrays, states = ArrayRecord(Point().state_dict()), [{}, {}, {}]
     for rnd in range(1, rounds + 1):
         replies = []

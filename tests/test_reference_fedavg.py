@@ -33,8 +33,9 @@ def test_two_fedcls_rounds_equal_the_plain_pytorch_reference(scenario, tmp_path)
         torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0, msg=name)
     assert accs == ref_accs  # per-round global test accuracy, both rounds
     from fedcls.apps.federation import global_evaluator
+    from fedcls.data.federated import federated_data
 
-    initial = global_evaluator(cfg)[0].to_torch_state_dict()
+    initial = global_evaluator(cfg, federated_data(cfg).dataset)[0].to_torch_state_dict()
     moved = max((a - b).abs().max().item() for a, b in zip(final.values(), initial.values()))
     assert moved > 1e-2  # two rounds of training moved the weights: the agreement is not vacuous
 

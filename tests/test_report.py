@@ -16,7 +16,7 @@ def fake_run(study, strategy, scenario, seed, curve):
     cfg = compose([f"scenario={scenario}", f"strategy={strategy}", f"seed={seed}"])
     run_dir = study / "runs" / f"{scenario}-{strategy}-{seed}"
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     (run_dir / "metrics.jsonl").write_text("".join(
         json.dumps({"round": i + 1, "accuracy": a}) + "\n" for i, a in enumerate(curve)))
     (run_dir / "summary.json").write_text(json.dumps({
@@ -87,7 +87,7 @@ def fake_site_run(study, args, seed, summary):
     cfg = compose([*args, f"seed={seed}"])
     run_dir = study / "runs" / f"{'_'.join(args)}-{seed}".replace("=", "-")
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     (run_dir / "metrics.jsonl").write_text(json.dumps({"round": 1, "accuracy": 0.5}) + "\n")
     (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "final_accuracy": 0.5,
                                                       "partition_counts": [[1]], **summary}))
@@ -125,7 +125,7 @@ def test_a_tuning_study_gets_a_row_per_setting_and_study_json_keeps_every_sweep(
         cfg = compose(["scenario=iid", "strategy=fedadam", f"strategy.eta={eta}"])
         run_dir = tmp_path / "runs" / f"eta-{eta}"
         run_dir.mkdir(parents=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
         (run_dir / "metrics.jsonl").write_text(json.dumps({"round": 1, "accuracy": final}) + "\n")
         (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "final_accuracy": final}))
         record_study(tmp_path, f"sweep {k}", [f"eta-{eta}"])
@@ -147,7 +147,7 @@ def test_a_sweep_refuses_to_skip_finished_runs_of_another_config(tmp_path, capsy
 
     run_dir = tmp_path / "runs" / "strategy.eta-0.01"
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(compose(["strategy=fedadam", "strategy.eta=0.01"])))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(compose(["strategy=fedadam", "strategy.eta=0.01"]).to_dict()))
     (run_dir / "summary.json").write_text(json.dumps({"status": "completed"}))
     refuse_collisions(["strategy=fedadam"], [["strategy.eta=0.01"]], tmp_path / "runs")  # same run: fine
     args = [f"output_dir={tmp_path}", "strategy=fedyogi", "strategy.eta=0.01,0.1"]

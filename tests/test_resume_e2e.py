@@ -28,6 +28,7 @@ def uninterrupted_rows(tmp_path, monkeypatch) -> list[dict]:
     from fedcls.apps.cohort.worker import CohortWorker
     from fedcls.apps.federation import run_federation
     from fedcls.config import compose
+    from fedcls.data.federated import federated_data
     from fedcls.engine.cohort_grid import CohortGrid
     from fedcls.outputs.results import Recorder
     from strategy_helpers import identity
@@ -35,7 +36,7 @@ def uninterrupted_rows(tmp_path, monkeypatch) -> list[dict]:
     identity(monkeypatch)
     cfg = compose(ARGS)
     recorder = Recorder(tmp_path / "whole", cfg, echo=lambda line: None)
-    run_federation(CohortGrid(cfg["num_clients"], [CohortWorker(per_client=True)]), cfg, recorder)
+    run_federation(CohortGrid(cfg.num_clients, [CohortWorker(per_client=True)]), cfg, federated_data(cfg), recorder)
     return recorder.rows
 
 

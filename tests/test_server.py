@@ -123,6 +123,7 @@ def test_a_round_in_which_no_answering_client_holds_data_keeps_the_weights(monke
     from fedcls.apps.cohort.worker import CohortWorker
     from fedcls.apps.federation import run_federation
     from fedcls.config import compose
+    from fedcls.data.federated import federated_data
     from fedcls.engine.cohort_grid import CohortGrid
     from fedcls.outputs.results import Recorder
     from strategy_helpers import identity
@@ -132,7 +133,7 @@ def test_a_round_in_which_no_answering_client_holds_data_keeps_the_weights(monke
                    "continual.kind=class_incremental", "continual.experiences=5",
                    "continual.rounds_per_experience=1", "fraction_evaluate=0"])
     recorder = Recorder(tmp_path / "run", cfg, echo=lambda line: None)
-    run_federation(CohortGrid(2, [CohortWorker(per_client=True)]), cfg, recorder)
+    run_federation(CohortGrid(2, [CohortWorker(per_client=True)]), cfg, federated_data(cfg), recorder)
     empty = [r for r in recorder.rows if r["train"] == {} and r["round"] > 1]
     assert empty and all(r["failures"] == [] for r in recorder.rows)
     for row in empty:  # the weights did not move: the global numbers repeat the round before

@@ -8,10 +8,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedcls.algorithms.models import build_model
-from fedcls.apps.client_app import CONFIG_KEY, site_id, train
+from fedcls.apps.client_app import site_id, train
+from fedcls.apps.payload import CONFIG_KEY, Payload
 from fedcls.config import compose
 from fedcls.data.federated import federated_data, site_tensors
-from fedcls.data.site_folders import FEDERATION_KEY, federation_info, folder_federated_data
+from fedcls.data.site_folders import federation_info, folder_federated_data
 from fedcls.deploy.prepare_sites import main as prepare_main
 from fedcls.deploy.prepare_sites import prepare
 from fedcls.errors import DataError
@@ -86,7 +87,7 @@ def test_class_folders_map_onto_the_federation_classes_by_name(tmp_path):
     x, y = data.dataset.train_x, data.dataset.train_y
     assert x.shape == (8, 1, 28, 28) and sorted(y.tolist()) == [3] * 4 + [7] * 4
     assert (x[y == 7] == 200).all() and (x[y == 3] == 50).all()
-    assert len(data.sites[5].test_idx) == round(8 * cfg["data"]["local_test_fraction"])
+    assert len(data.sites[5].test_idx) == round(8 * cfg.data.local_test_fraction)
 
 
 def test_bad_site_folders_say_what_to_fix(tmp_path):
@@ -121,8 +122,8 @@ def test_the_client_app_trains_on_the_folder_its_node_config_names(monkeypatch, 
                    run_config={})
     assert site_id(node) == 2  # from the folder's site.json
     ds = federated_data(cfg).dataset
-    payload = json.dumps({**cfg, FEDERATION_KEY: federation_info(ds)})
-    weights = ArrayRecord(build_model(cfg, ds.shape, ds.num_classes).state_dict())
+    payload = Payload(cfg, federation_info(ds)).to_json()
+    weights = ArrayRecord(build_model(cfg.model, ds.shape, ds.num_classes).state_dict())
     msg = Message(RecordDict({"arrays": weights, "config": ConfigRecord({CONFIG_KEY: payload, "server-round": 1})}),
                   dst_node_id=9, message_type="train")
     reply = train(msg, node)

@@ -190,7 +190,7 @@ def test_moon_contrastive_loss_by_hand():
 
 def test_moon_hook_before_a_first_round_compares_with_the_global_model_twice():
     cfg = compose(["strategy=moon"])
-    model = build_model(cfg, (1, 28, 28), 10)
+    model = build_model(cfg.model, (1, 28, 28), 10)
     ctx = TrainContext(model, torch.optim.SGD(model.parameters(), lr=0.1), [], {},
                        TrainParams(1, 1, 0.1), None)
     hook = moon.ModelContrastive(mu=2.0, temperature=0.5)
@@ -206,7 +206,7 @@ def test_moon_hook_before_a_first_round_compares_with_the_global_model_twice():
 
 def test_fedbn_keeps_batchnorm_at_each_site_and_sites_differ():
     cfg = compose(["strategy=fedbn", "model=simple_cnn_bn"])
-    model = build_model(cfg, (1, 28, 28), 10)  # one model shared by two sites, as in a Ray actor
+    model = build_model(cfg.model, (1, 28, 28), 10)  # one model shared by two sites, as in a Ray actor
     keys = fedbn.batchnorm_keys(model)
     assert len(keys) == 10 and all(k in model.state_dict() for k in keys)
     gen = torch.Generator().manual_seed(0)
@@ -281,7 +281,7 @@ def test_strategies_declare_their_capabilities_in_their_own_file():
     assert strategies.capabilities("fedbn").needs_batchnorm
     with pytest.raises(ConfigError, match="needs a model with BatchNorm"):
         compose(["strategy=fedbn", "model=simple_cnn"])
-    assert compose(["strategy=fedbn", "model=simple_cnn_bn"])["strategy"]["name"] == "fedbn"
+    assert compose(["strategy=fedbn", "model=simple_cnn_bn"]).strategy.name == "fedbn"
     # the contract is read once: required members named, optional ones filled in
     with pytest.raises(TypeError, match="strategies/broken.py must define build_server"):
         strategies.StrategySpec.of("broken", _module(PARAMS={}))

@@ -41,6 +41,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedcls.algorithms.feature import ClientHalf, Extension, Feature
 from fedcls.algorithms.training import Hook, LocalResult, TrainContext, TrainParams, local_update
+from fedcls.schema import Config
 
 STATS_RECORD = "coral.stats"  # train-message record: the other side's pooled mean and covariance
 REQUEST = "coral-request"      # query-message config entry asking a site for its statistics
@@ -107,15 +108,15 @@ class CoralHook(Hook):
         return {"coral_loss": float(self.total) / max(self.steps, 1)}
 
 
-def client_hooks(cfg: dict, inbox: dict) -> list[Hook]:
-    if not cfg["coral"]["enabled"] or STATS_RECORD not in inbox:
+def client_hooks(cfg: Config, inbox: dict) -> list[Hook]:
+    if not cfg.coral.enabled or STATS_RECORD not in inbox:
         return []
-    return [CoralHook(cfg["coral"]["lambda"], inbox[STATS_RECORD]["cov"], cfg["coral"]["loss"])]
+    return [CoralHook(cfg.coral.lambda_, inbox[STATS_RECORD]["cov"], cfg.coral.loss)]
 
 
-def trains_unsupervised(cfg: dict, site: int) -> bool:
+def trains_unsupervised(cfg: Config, site: int) -> bool:
     """Whether `site` is a target that trains on CORAL alone (its labels never used)."""
-    return site in cfg["domain"]["targets"]
+    return site in cfg.domain.targets
 
 
 def without_labels(data):
@@ -208,17 +209,17 @@ def added_target_weights(sources: list, targets: list, start: dict) -> None:
 class CoralServer(Extension):
     """The server's half: asks the statistics sites, pools each side, forwards the other side's."""
 
-    def __init__(self, cfg: dict):
-        self.cfg, self.targets = cfg, set(cfg["domain"]["targets"])
+    def __init__(self, cfg: Config):
+        self.cfg, self.targets = cfg, set(cfg.domain.targets)
         self.stats: dict[str, dict[str, torch.Tensor]] = {}
         self.site_of_node: dict[int, int] = {}
         self.global_weights: dict[str, torch.Tensor] = {}
 
     def _wanted(self) -> set[int]:
-        c = self.cfg["coral"]
-        if c["mode"] == "target" and not c["train_targets"]:
+        c = self.cfg.coral
+        if c.mode == "target" and not c.train_targets:
             return self.targets
-        return set(range(self.cfg["num_clients"]))
+        return set(range(self.cfg.num_clients))
 
     def before_train(self, rnd: int, arrays: ArrayRecord, grid, payload: ConfigRecord) -> None:
         self.site_of_node = dict(grid.site_of_node)
@@ -237,7 +238,7 @@ class CoralServer(Extension):
         self.stats = {k: pool([by_site[s] for s in sites]) for k, sites in sides.items() if sites}
 
     def _for_site(self, site: int) -> dict[str, torch.Tensor] | None:
-        if self.cfg["coral"]["mode"] == "pooled":
+        if self.cfg.coral.mode == "pooled":
             return self.stats.get("all")
         return self.stats.get("sources" if site in self.targets else "targets")
 
@@ -264,7 +265,7 @@ class CoralServer(Extension):
             loss = sum(float(r.get("train_loss", 0.0)) * float(r["num-examples"]) for r in sources) / n
             for m in sides["targets"]:
                 next(iter(m.content.metric_records.values())).setdefault("train_loss", loss)
-        if self.cfg["coral"]["target_update"] == "added" and sides["sources"] and sides["targets"]:
+        if self.cfg.coral.target_update == "added" and sides["sources"] and sides["targets"]:
             added_target_weights(sides["sources"], sides["targets"], self.global_weights)
         return replies
 
@@ -275,9 +276,9 @@ class CoralServer(Extension):
         return {}
 
     def summary(self) -> dict:
-        c = self.cfg["coral"]
-        return {"coral": {"lambda": c["lambda"], "mode": c["mode"], "loss": c["loss"],
-                          "train_targets": c["train_targets"],
+        c = self.cfg.coral
+        return {"coral": {"lambda": c.lambda_, "mode": c.mode, "loss": c.loss,
+                          "train_targets": c.train_targets,
                           "statistics_from": "all sites" if self._wanted() != self.targets else sorted(self.targets)}}
 
 
@@ -291,7 +292,7 @@ class AnswersStatistics(ClientHalf):
     """Client half that answers the statistics query: the mean and covariance of the site's
     unlabelled training features under the weights sent."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
 
     def answers(self, msg) -> bool:
@@ -312,4 +313,5 @@ class CoralClient(AnswersStatistics):
         return unsupervised_update if trains_unsupervised(self.cfg, job.site) else None
 
 
-FEATURE = Feature("coral", lambda cfg: bool(cfg["coral"]["enabled"]), server=CoralServer, client=CoralClient)
+FEATURE = Feature("coral", lambda cfg: bool(cfg.coral.enabled), server=lambda cfg, data: CoralServer(cfg),
+                  client=CoralClient)

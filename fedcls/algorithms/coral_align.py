@@ -32,6 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from fedcls.algorithms.coral import REQUEST, STATS_RECORD, AnswersStatistics, pool, site_feature_stats
 from fedcls.algorithms.feature import Extension, Feature
 from fedcls.algorithms.training import Hook
+from fedcls.schema import Config
 
 RECORD = "coral.recolour"  # evaluate-message record: the sources' pooled mean and covariance
 ALIGNS = ("none", "recolour")
@@ -73,18 +74,18 @@ class Recolour(Hook):
         fold_into_head(model.head, a, b)
 
 
-def evaluation_hooks(cfg: dict, inbox: dict) -> list[Hook]:
+def evaluation_hooks(cfg: Config, inbox: dict) -> list[Hook]:
     """After the strategy's evaluation hooks (FedBN's AdaBN first), when statistics came."""
-    if cfg["coral"]["align"] != "recolour" or RECORD not in inbox:
+    if cfg.coral.align != "recolour" or RECORD not in inbox:
         return []
-    return [Recolour(inbox[RECORD], cfg["coral"]["recolour_eps"])]
+    return [Recolour(inbox[RECORD], cfg.coral.recolour_eps)]
 
 
 class RecolourServer(Extension):
     """The server's half: the sources' pooled statistics under the evaluated weights, to the targets."""
 
-    def __init__(self, cfg: dict):
-        self.cfg, self.targets = cfg, set(cfg["domain"]["targets"])
+    def __init__(self, cfg: Config):
+        self.cfg, self.targets = cfg, set(cfg.domain.targets)
         self.grid = None
 
     def before_train(self, rnd: int, arrays: ArrayRecord, grid, payload: ConfigRecord) -> None:
@@ -119,5 +120,5 @@ class RecolourClient(AnswersStatistics):
         return evaluation_hooks(self.cfg, inbox)
 
 
-FEATURE = Feature("coral_align", lambda cfg: cfg["coral"]["align"] == "recolour", server=RecolourServer,
+FEATURE = Feature("coral_align", lambda cfg: cfg.coral.align == "recolour", server=lambda cfg, data: RecolourServer(cfg),
                   client=RecolourClient)

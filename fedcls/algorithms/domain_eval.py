@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fedcls.algorithms.feature import Extension, Feature
 from fedcls.data.domains import site_domain
+from fedcls.schema import Config
 
 
 def _site_metrics(replies: list) -> dict[int, tuple[float, int]]:
@@ -21,14 +22,14 @@ def _site_metrics(replies: list) -> dict[int, tuple[float, int]]:
 
 
 class DomainEvaluation(Extension):
-    def __init__(self, cfg: dict):
-        self.cfg, self.targets = cfg, sorted(cfg["domain"]["targets"])
+    def __init__(self, cfg: Config):
+        self.cfg, self.targets = cfg, sorted(cfg.domain.targets)
         self.latest: dict = {}
 
     def train_sites(self, rnd: int) -> set[int] | None:
-        if self.cfg["coral"]["enabled"] and self.cfg["coral"]["train_targets"]:
+        if self.cfg.coral.enabled and self.cfg.coral.train_targets:
             return None  # targets train too, without labels (fedcls.algorithms.coral.unsupervised_update)
-        return set(range(self.cfg["num_clients"])) - set(self.targets)
+        return set(range(self.cfg.num_clients)) - set(self.targets)
 
     def after_evaluate(self, rnd: int, replies: list) -> dict:
         sites = _site_metrics(replies)
@@ -40,11 +41,11 @@ class DomainEvaluation(Extension):
         return self.latest
 
     def summary(self) -> dict:
-        d = self.cfg["domain"]
+        d = self.cfg.domain
         return {**self.latest, "targets": self.targets,
-                "sources": sorted(set(range(self.cfg["num_clients"])) - set(self.targets)),
-                "site_domains": [site_domain(self.cfg, s) for s in range(self.cfg["num_clients"])],
-                "target_dataset": d["target_dataset"]}
+                "sources": sorted(set(range(self.cfg.num_clients)) - set(self.targets)),
+                "site_domains": [site_domain(self.cfg.domain, s) for s in range(self.cfg.num_clients)],
+                "target_dataset": d.target_dataset}
 
 
-FEATURE = Feature("domain_eval", lambda cfg: bool(cfg["domain"]["targets"]), server=DomainEvaluation)
+FEATURE = Feature("domain_eval", lambda cfg: bool(cfg.domain.targets), server=lambda cfg, data: DomainEvaluation(cfg))

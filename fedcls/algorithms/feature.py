@@ -35,6 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fedcls.data.federated import FederatedData
+from fedcls.schema import Config
+
 
 class Extension:
     def train_sites(self, rnd: int) -> set[int] | None:
@@ -107,10 +110,10 @@ class ClientHalf:
 
 @dataclass(frozen=True)
 class Feature:
-    """A plug-in: on when ``enabled(cfg)``; its halves are built from the config (None: it has no
-    such half). Builders import their modules lazily (continual learning imports Avalanche)."""
+    """A plug-in: on when ``enabled(cfg)``; its server half is built from the config and the
+    federation's data, its client half from the config (None: it has no such half). Builders import their modules lazily (continual learning imports Avalanche)."""
 
     name: str
-    enabled: Callable[[dict], bool]
-    server: Callable[[dict], Extension] | None = None
-    client: Callable[[dict], ClientHalf] | None = None
+    enabled: Callable[[Config], bool]
+    server: Callable[[Config, FederatedData], Extension] | None = None
+    client: Callable[[Config], ClientHalf] | None = None

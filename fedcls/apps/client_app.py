@@ -1,13 +1,12 @@
 """The Flower ClientApp: translates Messages to and from the one local training loop.
 
 The same app runs in simulation (a Ray actor per client slot) and at a real site (a SuperNode).
-The resolved fedcls config arrives with every message (ConfigRecord key ``fedcls-config``), so a
-site needs no copy of the server's config; data and model come from the per-actor cache.
+The resolved fedcls config arrives with every message (fedcls.apps.payload), so a site needs no
+copy of the server's config; data and model come from the per-actor cache.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +19,12 @@ from fedcls.algorithms.feature import ClientHalf, SiteRound
 from fedcls.algorithms.training import TrainParams, evaluate, local_update
 from fedcls.apps import client_state
 from fedcls.apps.features import client_halves
+from fedcls.apps.payload import CONFIG_KEY, Payload, read_payload
 from fedcls.apps.runtime import get_runtime
 from fedcls.apps.torch_settings import apply_torch_settings
 from fedcls.data import site_folders
+from fedcls.schema import Config
 
-CONFIG_KEY = "fedcls-config"  # ConfigRecord entry holding the resolved config as JSON
 SITE_KEY = "site-id"
 
 app = ClientApp()
@@ -44,16 +44,17 @@ def site_id(context: Context) -> int:
     return int(node["partition-id"])
 
 
-def round_seed(cfg: dict, server_round: int, site: int) -> int:
+def round_seed(cfg: Config, server_round: int, site: int) -> int:
     """Seed of one client's local work in one round, derived from (seed, round, site)."""
-    return int(np.random.SeedSequence([cfg["seed"], server_round, site]).generate_state(1)[0])
+    return int(np.random.SeedSequence([cfg.seed, server_round, site]).generate_state(1)[0])
 
 
-def _setup(msg: Message, context: Context):
+def _setup(msg: Message, context: Context) -> tuple[Payload, ConfigRecord, object]:
     config = msg.content["config"]
-    cfg = json.loads(str(config[CONFIG_KEY]))
-    apply_torch_settings(cfg["backend"]["num_cpus"], cfg["backend"]["tf32"])  # once per process
-    return cfg, config, get_runtime(cfg, site_folder=_folder(context))
+    payload = read_payload(str(config[CONFIG_KEY]))
+    cfg = payload.cfg
+    apply_torch_settings(cfg.backend.num_cpus, cfg.backend.tf32)  # once per process
+    return payload, config, get_runtime(cfg, site_folder=_folder(context), federation=payload.federation)
 
 
 def _folder(context: Context) -> tuple[str, int] | None:
@@ -68,12 +69,12 @@ def _inbox(msg: Message) -> dict:
             if key != "arrays"}
 
 
-def _strategy_hooks(cfg: dict, msg: Message, inbox: dict) -> list:
-    return strategies.get(cfg["strategy"]["name"]).client_hooks(msg.content["config"], inbox)
+def _strategy_hooks(cfg: Config, msg: Message, inbox: dict) -> list:
+    return strategies.get(cfg.strategy.name).client_hooks(msg.content["config"], inbox)
 
 
-def _evaluation_hooks(cfg: dict) -> list:
-    return strategies.get(cfg["strategy"]["name"]).evaluation_hooks()
+def _evaluation_hooks(cfg: Config) -> list:
+    return strategies.get(cfg.strategy.name).evaluation_hooks()
 
 
 def _site_round(halves: list[ClientHalf], runtime, site: int, server_round: int) -> SiteRound:
@@ -103,7 +104,8 @@ class TrainJob:
 
     msg: Message
     context: Context
-    cfg: dict
+    cfg: Config
+    checkpointed: dict | None  # where a simulation that checkpoints keeps client state (fedcls.apps.payload)
     round: int
     site: int
     model: torch.nn.Module  # the runtime's model, holding the global weights
@@ -123,20 +125,20 @@ class TrainJob:
 def prepare_train(msg: Message, context: Context) -> TrainJob:
     """Load the global weights into the runtime's model and build the client's hooks and state:
     the features' first hooks, the strategy's, the features' last ones."""
-    cfg, config, runtime = _setup(msg, context)
-    site, rnd = site_id(context), int(config["server-round"])
+    payload, config, runtime = _setup(msg, context)
+    cfg, site, rnd = payload.cfg, site_id(context), int(config["server-round"])
     seed = round_seed(cfg, rnd, site)
     torch.manual_seed(seed)
-    params = TrainParams(cfg["local_epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"],
-                         cfg["weight_decay"], seed)
+    params = TrainParams(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.momentum,
+                         cfg.weight_decay, seed)
     inbox, halves = _inbox(msg), client_halves(cfg)
     hooks = _strategy_hooks(cfg, msg, inbox)
     local_keys = _load_weights(runtime.model, msg.content["arrays"], hooks)
     for half in halves:
         half.before_train(rnd, site)  # an injected crash raises here
-    state = client_state.load(context, site, cfg)  # a new process: from the site's disk or the checkpoint
+    state = client_state.load(context, site, payload.client_state)  # a new process: its disk or checkpoint
     rounds = int(state.pop("fedcls", {}).get("participations", torch.tensor(0))) + 1
-    job = TrainJob(msg, context, cfg, rnd, site, runtime.model, _site_round(halves, runtime, site, rnd), params,
+    job = TrainJob(msg, context, cfg, payload.client_state, rnd, site, runtime.model, _site_round(halves, runtime, site, rnd), params,
                    hooks, state, local_keys, rounds, halves)
     job.hooks = ([h for half in halves for h in half.hooks_first(job, inbox)] + hooks
                  + [h for half in halves for h in half.hooks_last(job, inbox)])
@@ -146,7 +148,7 @@ def prepare_train(msg: Message, context: Context) -> TrainJob:
 def train_reply(job: TrainJob, result, weights: dict) -> Message:
     """Save the client's new state and answer with its weights, metrics and named tensors."""
     state = {**result.state, "fedcls": {"participations": torch.tensor(job.participations)}}
-    client_state.save(job.context, job.site, state, job.cfg, job.round)
+    client_state.save(job.context, job.site, state, job.checkpointed, job.round)
     metrics = {**result.metrics, "participations": float(job.participations), "site": float(job.site),
                "num-examples": result.examples}
     weights = {k: v for k, v in weights.items() if k not in job.local_keys}
@@ -172,13 +174,14 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
-    cfg, config, runtime = _setup(msg, context)
-    site, halves, inbox = site_id(context), client_halves(cfg), _inbox(msg)
+    payload, config, runtime = _setup(msg, context)
+    cfg, site, inbox = payload.cfg, site_id(context), _inbox(msg)
+    halves = client_halves(cfg)
     hooks = _evaluation_hooks(cfg) + [h for half in halves for h in half.evaluation_hooks(inbox)]
     _load_weights(runtime.model, msg.content["arrays"], hooks)
     site_round = _site_round(halves, runtime, site, int(config.get("server-round", 1)))
     data = site_round.data
-    state = client_state.load(context, site, cfg)
+    state = client_state.load(context, site, payload.client_state)
     for hook in hooks:  # e.g. FedBN puts the site's own BatchNorm back
         hook.before_evaluate(runtime.model, state, data.train_x)
     test_x, test_y = site_round.test_split()
@@ -195,11 +198,12 @@ def query(msg: Message, context: Context) -> Message:
     answer a feature's query (CORAL's feature statistics) under the weights sent, the model
     prepared as for evaluation (FedBN: the site's own BatchNorm)."""
     if "config" in msg.content.config_records and CONFIG_KEY in msg.content["config"]:
-        cfg, _, runtime = _setup(msg, context)
+        payload, _, runtime = _setup(msg, context)
+        cfg = payload.cfg
         if half := next((h for h in client_halves(cfg) if h.answers(msg)), None):
             _load_weights(runtime.model, msg.content["arrays"], _strategy_hooks(cfg, msg, {}))
             x = runtime.site(site_id(context)).train_x
-            state = client_state.load(context, site_id(context), cfg)
+            state = client_state.load(context, site_id(context), payload.client_state)
             for hook in _evaluation_hooks(cfg):
                 hook.before_evaluate(runtime.model, state, x)
             return Message(content=half.answer(runtime.model, x), reply_to=msg)

@@ -26,27 +26,25 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, Context
 
-from fedcls.outputs import checkpoint
-
 PREFIX = "fedcls."  # client state entries in context.state
 
 
-def load(context: Context, site: int, cfg: dict | None = None) -> dict:
+def load(context: Context, site: int, checkpointed: dict | None = None) -> dict:
     """The site's state: context.state, filled first (when empty) from its state-dir or, in a
-    resumed simulation, its last checkpointed state."""
+    resumed simulation, its last checkpointed state (`checkpointed`: the payload's client_state)."""
     if not _held(context):
         saved = _read_state_dir(context, site)
-        if saved is None and cfg is not None and (spec := cfg.get(checkpoint.PAYLOAD_KEY)):
-            saved = _read_checkpointed(spec, site)
+        if saved is None and checkpointed:
+            saved = _read_checkpointed(checkpointed, site)
         _put(context, saved or {})
     return {key[len(PREFIX):]: rec.to_torch_state_dict()
             for key, rec in context.state.array_records.items() if key.startswith(PREFIX)}
 
 
-def save(context: Context, site: int, state: dict, cfg: dict, rnd: int) -> None:
+def save(context: Context, site: int, state: dict, checkpointed: dict | None, rnd: int) -> None:
     """Keep `state` in the context and write it wherever it must outlive the process."""
     _put(context, state)
-    path, spec = state_path(context, site), cfg.get(checkpoint.PAYLOAD_KEY)
+    path, spec = state_path(context, site), checkpointed
     if path is None and not spec:
         return
     kept = load(context, site)  # every entry, also those this round's hooks did not touch

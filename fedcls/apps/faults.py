@@ -25,6 +25,7 @@ import torch
 from flwr.app import Message
 
 from fedcls.algorithms.feature import ClientHalf, Feature
+from fedcls.schema import Config
 
 KINDS = ("drop", "crash", "nan", "straggler")
 
@@ -37,20 +38,20 @@ class TooFewReplies(RuntimeError):
     """Fewer usable training replies than faults.min_train_nodes."""
 
 
-def fault_of(cfg: dict, rnd: int, site: int) -> str | None:
+def fault_of(cfg: Config, rnd: int, site: int) -> str | None:
     """The fault injected into `site`'s training in round `rnd` (None: none)."""
-    f = cfg["faults"]
-    probs = [f["drop_prob"], f["crash_prob"], f["nan_prob"], f["straggler_prob"]]
+    f = cfg.faults
+    probs = [f.drop_prob, f.crash_prob, f.nan_prob, f.straggler_prob]
     if not any(probs):
         return None
-    u = np.random.default_rng([cfg["seed"], rnd, site, 0xFA17]).random()
+    u = np.random.default_rng([cfg.seed, rnd, site, 0xFA17]).random()
     for kind, edge in zip(KINDS, np.cumsum(probs)):
         if u < edge:
             return kind
     return None
 
 
-def client_side(cfg: dict, rnd: int, site: int) -> str | None:
+def client_side(cfg: Config, rnd: int, site: int) -> str | None:
     """Act out a client's fault before it trains (a crash raises); returns the fault."""
     fault = fault_of(cfg, rnd, site)
     if fault == "crash":
@@ -63,23 +64,23 @@ def poisoned(weights: dict) -> dict:
     return {k: torch.full_like(v, math.nan) if v.is_floating_point() else v for k, v in weights.items()}
 
 
-def outgoing(cfg: dict, rnd: int, messages: list[Message], site_of_node: dict[int, int]):
+def outgoing(cfg: Config, rnd: int, messages: list[Message], site_of_node: dict[int, int]):
     """(messages to send, dropped sites): the dropped clients' messages are never delivered."""
     sites = [site_of_node.get(m.metadata.dst_node_id, -1) for m in messages]
     drop = [fault_of(cfg, rnd, s) == "drop" for s in sites]
     return [m for m, d in zip(messages, drop) if not d], sorted(s for s, d in zip(sites, drop) if d)
 
 
-def delay_stragglers(cfg: dict, rnd: int, replies: list[Message], site_of_node: dict[int, int],
+def delay_stragglers(cfg: Config, rnd: int, replies: list[Message], site_of_node: dict[int, int],
                      sent_at: float) -> list[Message]:
     """Replies as they would arrive with the stragglers' delay: wait for the late ones up to the
     round's deadline; those that would arrive after it are left out (and counted late)."""
-    f = cfg["faults"]
+    f = cfg.faults
     slow = [m for m in replies if fault_of(cfg, rnd, site_of_node.get(m.metadata.src_node_id, -1)) == "straggler"]
     if not slow:
         return replies
-    arrives = time.perf_counter() + f["straggler_delay"]  # every straggler: the same delay
-    deadline = sent_at + f["round_timeout"] if f["round_timeout"] else math.inf
+    arrives = time.perf_counter() + f.straggler_delay  # every straggler: the same delay
+    deadline = sent_at + f.round_timeout if f.round_timeout else math.inf
     time.sleep(max(min(arrives, deadline) - time.perf_counter(), 0.0))
     if arrives <= deadline:
         return replies
@@ -90,26 +91,25 @@ def delay_stragglers(cfg: dict, rnd: int, replies: list[Message], site_of_node: 
 STEP_WORDS = {"eta", "lr", "learning", "momentum", "mu", "alpha"}  # strategy parameters that set step sizes
 
 
-def divergence_hint(cfg: dict, usable: int, failed: dict) -> str:
+def divergence_hint(cfg: Config, usable: int, failed: dict) -> str:
     """When every reply that arrived was non-finite (local training diverged, not a lost site):
     the settings to lower -- lr, EWC's lambda and cap, the strategy's step sizes and weights."""
     if usable or not failed.get("non_finite"):
         return ""
     hint = (f" Every update that arrived was non-finite: local training diverged. Lower lr (now "
-            f"{cfg['lr']}) or momentum (now {cfg['momentum']})")
-    c = cfg.get("continual", {})
-    if c.get("kind", "none") != "none" and "ewc" in c.get("method", ""):
+            f"{cfg.lr}) or momentum (now {cfg.momentum})")
+    c = cfg.continual
+    if c.kind != "none" and "ewc" in c.method:
         hint += (f"; EWC's penalty is stable only while lr*ewc_lambda*F_j < 1+momentum, and "
                  f"continual.ewc_cap=0 leaves it uncapped: set continual.ewc_cap=0.5 or lower "
-                 f"continual.ewc_lambda (now {c['ewc_lambda']})" if not c["ewc_cap"] else
-                 f"; or continual.ewc_lambda (now {c['ewc_lambda']}; its penalty is already capped at "
-                 f"continual.ewc_cap={c['ewc_cap']} of its stability bound)")
-    steps = [f"strategy.{k} (now {v})" for k, v in cfg["strategy"].items()
-             if k != "name" and STEP_WORDS & set(k.split("_"))]
-    if cfg.get("coral", {}).get("enabled"):
-        steps.append(f"coral.lambda (now {cfg['coral']['lambda']})")
+                 f"continual.ewc_lambda (now {c.ewc_lambda})" if not c.ewc_cap else
+                 f"; or continual.ewc_lambda (now {c.ewc_lambda}; its penalty is already capped at "
+                 f"continual.ewc_cap={c.ewc_cap} of its stability bound)")
+    steps = [f"strategy.{k} (now {v})" for k, v in cfg.strategy.params.items() if STEP_WORDS & set(k.split("_"))]
+    if cfg.coral.enabled:
+        steps.append(f"coral.lambda (now {cfg.coral.lambda_})")
     hint += f"; or {', '.join(steps)}" if steps else ""
-    injected = " (faults.nan_prob also injects non-finite updates)" if cfg["faults"]["nan_prob"] else ""
+    injected = " (faults.nan_prob also injects non-finite updates)" if cfg.faults.nan_prob else ""
     return hint + "." + injected
 
 
@@ -139,7 +139,7 @@ class FaultInjection(ClientHalf):
     """The client half of fault injection: a crash raises before training, a NaN fault poisons
     the weights sent (drops and stragglers are acted out by the server, fedcls.apps.federation)."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
 
     def before_train(self, rnd: int, site: int) -> None:
@@ -149,5 +149,5 @@ class FaultInjection(ClientHalf):
         return poisoned(weights) if fault_of(self.cfg, job.round, job.site) == "nan" else weights
 
 
-FEATURE = Feature("faults", lambda cfg: bool(cfg["faults"]["crash_prob"] or cfg["faults"]["nan_prob"]),
+FEATURE = Feature("faults", lambda cfg: bool(cfg.faults.crash_prob or cfg.faults.nan_prob),
                   client=FaultInjection)

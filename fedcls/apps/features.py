@@ -11,20 +11,22 @@ from fedcls.algorithms import coral, coral_align, domain_eval
 from fedcls.algorithms.continual import feature as continual
 from fedcls.algorithms.feature import ClientHalf, Extension, Feature
 from fedcls.apps import faults
+from fedcls.data.federated import FederatedData
+from fedcls.schema import Config
 
 FEATURES: tuple[Feature, ...] = (continual.FEATURE, domain_eval.FEATURE, coral.FEATURE, coral_align.FEATURE,
                                  faults.FEATURE)
 
 
-def enabled_features(cfg: dict) -> list[Feature]:
+def enabled_features(cfg: Config) -> list[Feature]:
     return [f for f in FEATURES if f.enabled(cfg)]
 
 
-def extensions_for(cfg: dict) -> list[Extension]:
-    """The enabled features' server halves."""
-    return [f.server(cfg) for f in enabled_features(cfg) if f.server is not None]
+def extensions_for(cfg: Config, data: FederatedData) -> list[Extension]:
+    """The enabled features' server halves, handed the federation's data."""
+    return [f.server(cfg, data) for f in enabled_features(cfg) if f.server is not None]
 
 
-def client_halves(cfg: dict) -> list[ClientHalf]:
+def client_halves(cfg: Config) -> list[ClientHalf]:
     """The enabled features' client halves."""
     return [f.client(cfg) for f in enabled_features(cfg) if f.client is not None]

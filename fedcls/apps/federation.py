@@ -8,7 +8,6 @@ node ids. The loop below makes the same strategy calls in the same order as star
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Iterable
@@ -24,13 +23,16 @@ import strategies
 from fedcls.algorithms.models import build_model
 from fedcls.algorithms.training import evaluate
 from fedcls.apps import faults
-from fedcls.apps.client_app import CONFIG_KEY, SITE_KEY
+from fedcls.apps.client_app import SITE_KEY
 from fedcls.apps.features import extensions_for
-from fedcls.data.federated import federated_data
-from fedcls.data.site_folders import FEDERATION_KEY, federation_info
+from fedcls.apps.payload import CONFIG_KEY, Payload
+from fedcls.data.federated import FederatedData
+from fedcls.data.site_folders import federation_info
+from fedcls.data.sources import Dataset
 from fedcls.errors import ConfigError, short_reason
 from fedcls.outputs import checkpoint
 from fedcls.outputs.results import Recorder
+from fedcls.schema import Config
 
 QUERY_TIMEOUT_S = 600.0
 PER_CLIENT = ("site", "participations", "experience")  # train metrics that make no sense averaged
@@ -51,18 +53,17 @@ def aggregate_with_spread(records: list[RecordDict], weight_key: str) -> MetricR
     return agg
 
 
-def build_strategy(cfg: dict) -> Strategy:
+def build_strategy(cfg: Config) -> Strategy:
     """The configured strategy with fedcls's sampling and metric settings."""
     common = {
-        "fraction_train": cfg["fraction_train"],
-        "fraction_evaluate": cfg["fraction_evaluate"],
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": cfg.fraction_evaluate,
         "min_train_nodes": 1,
-        "min_evaluate_nodes": 1 if cfg["fraction_evaluate"] > 0 else 0,
+        "min_evaluate_nodes": 1 if cfg.fraction_evaluate > 0 else 0,
         "min_available_nodes": 1,  # discover_sites waits for every node; some may sit out a round
         "evaluate_metrics_aggr_fn": aggregate_with_spread,
     }
-    params = {k: v for k, v in cfg["strategy"].items() if k != "name"}
-    return strategies.get(cfg["strategy"]["name"]).build_server(params, common, cfg)
+    return strategies.get(cfg.strategy.name).build_server(dict(cfg.strategy.params), common, cfg)
 
 
 class SiteOrderedGrid:
@@ -119,12 +120,11 @@ def discover_sites(grid: Grid, expected: int) -> dict[int, int]:
             for m in replies if not m.has_error()}
 
 
-def global_evaluator(cfg: dict):
+def global_evaluator(cfg: Config, ds: Dataset):
     """(initial weights, evaluate(arrays) -> (loss, accuracy) on the global test set)."""
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg["device"] != "cpu" else "cpu")
-    ds = federated_data(cfg).dataset
-    torch.manual_seed(cfg["seed"])  # the initial global weights depend on the seed alone
-    model = build_model(cfg, ds.shape, ds.num_classes).to(device)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    torch.manual_seed(cfg.seed)  # the initial global weights depend on the seed alone
+    model = build_model(cfg.model, ds.shape, ds.num_classes).to(device)
     test_x, test_y = ds.normalize(ds.test_x).to(device), ds.test_y.to(device)
 
     def evaluate_global(arrays: ArrayRecord) -> tuple[float, float]:
@@ -172,28 +172,28 @@ def check_roster(site_of_node: dict[int, int], num_clients: int) -> None:
             f"{len(sites)} or give the federation {num_clients} nodes (num-supernodes)")
 
 
-def run_federation(grid: Grid, cfg: dict, recorder: Recorder, resume: dict | None = None,
+def run_federation(grid: Grid, cfg: Config, data: FederatedData, recorder: Recorder, resume: dict | None = None,
                    client_state_dir: Path | None = None) -> ArrayRecord:
-    """Run cfg["rounds"] rounds of the configured strategy over `grid`; returns the weights.
+    """Run cfg.rounds rounds of the configured strategy over `grid`; returns the weights.
     `resume`: a checkpoint (fedcls.outputs.checkpoint) to continue from; `client_state_dir`: where
     simulated clients keep their state for checkpoints (None: no checkpoints of client state)."""
-    site_of_node = discover_sites(grid, cfg["num_clients"])
-    check_roster(site_of_node, cfg["num_clients"])
+    site_of_node = discover_sites(grid, cfg.num_clients)
+    check_roster(site_of_node, cfg.num_clients)
     grid = SiteOrderedGrid(grid, site_of_node)
-    arrays, evaluate_global = global_evaluator(cfg)
-    recorder.start(federated_data(cfg))
-    strategy, extensions, first = build_strategy(cfg), extensions_for(cfg), 1
+    arrays, evaluate_global = global_evaluator(cfg, data.dataset)
+    recorder.start(data)
+    strategy, extensions, first = build_strategy(cfg), extensions_for(cfg, data), 1
     if resume is not None:
         strategy, extensions, first = resume["strategy"], resume["extensions"], resume["round"] + 1
         arrays = ArrayRecord(resume["arrays"])
         recorder.resume_from(resume["rows"], resume["extras"])
         checkpoint.restore_rng(resume)
-    payload = {**cfg, FEDERATION_KEY: federation_info(federated_data(cfg).dataset)}
-    for rnd in range(first, cfg["rounds"] + 1):
-        if client_state_dir is not None:  # clients write their state; a resume reads it up to here
-            payload[checkpoint.PAYLOAD_KEY] = {"dir": str(client_state_dir), "upto": _last_checkpoint(cfg, rnd)}
-        arrays = _round(grid, cfg, rnd, arrays, strategy, extensions, json.dumps(payload), recorder,
-                        evaluate_global)
+    federation = federation_info(data.dataset)
+    for rnd in range(first, cfg.rounds + 1):
+        saved = ({"dir": str(client_state_dir), "upto": _last_checkpoint(cfg, rnd)}
+                 if client_state_dir is not None else None)  # clients write their state; a resume reads it up to here
+        payload = Payload(cfg, federation, saved).to_json()
+        arrays = _round(grid, cfg, rnd, arrays, strategy, extensions, payload, recorder, evaluate_global)
         if _checkpoint_due(cfg, rnd):
             checkpoint.save(recorder.run_dir, rnd, arrays.to_torch_state_dict(), strategy, extensions,
                             recorder.rows, recorder.extras)
@@ -201,21 +201,21 @@ def run_federation(grid: Grid, cfg: dict, recorder: Recorder, resume: dict | Non
     return arrays
 
 
-def _checkpoint_due(cfg: dict, rnd: int) -> bool:
-    every = cfg["checkpoint_every"]
-    return every > 0 and (rnd % every == 0 or rnd == cfg["rounds"])
+def _checkpoint_due(cfg: Config, rnd: int) -> bool:
+    every = cfg.checkpoint_every
+    return every > 0 and (rnd % every == 0 or rnd == cfg.rounds)
 
 
-def _last_checkpoint(cfg: dict, rnd: int) -> int:
+def _last_checkpoint(cfg: Config, rnd: int) -> int:
     """The last round checkpointed before round `rnd` runs (0: none)."""
     return max((r for r in range(1, rnd) if _checkpoint_due(cfg, r)), default=0)
 
 
-def _round(grid: SiteOrderedGrid, cfg: dict, rnd: int, arrays: ArrayRecord, strategy, extensions,
+def _round(grid: SiteOrderedGrid, cfg: Config, rnd: int, arrays: ArrayRecord, strategy, extensions,
            payload: str, recorder: Recorder, evaluate_global) -> ArrayRecord:
     """One round: train (with injected faults screened), aggregate, evaluate, record."""
     started, started_at = time.perf_counter(), time.time()
-    random.seed(f"{cfg['seed']}-{rnd}")  # Flower's node sampling draws from `random`
+    random.seed(f"{cfg.seed}-{rnd}")  # Flower's node sampling draws from `random`
     for ext in extensions:
         ext.before_train(rnd, arrays, grid, ConfigRecord({CONFIG_KEY: payload}))
     grid.active_sites = _train_sites(extensions, rnd)
@@ -226,7 +226,7 @@ def _round(grid: SiteOrderedGrid, cfg: dict, rnd: int, arrays: ArrayRecord, stra
         messages = ext.outgoing(messages)
     messages, dropped = faults.outgoing(cfg, rnd, messages, grid.site_of_node)
     train_started = time.perf_counter()
-    replies = list(grid.send_and_receive(messages, timeout=cfg["faults"]["round_timeout"] or None))
+    replies = list(grid.send_and_receive(messages, timeout=cfg.faults.round_timeout or None))
     replies = faults.delay_stragglers(cfg, rnd, replies, grid.site_of_node, train_started)
     train_seconds = time.perf_counter() - train_started
     replies, failed = faults.screen(messages, replies, grid.site_of_node)
@@ -235,10 +235,10 @@ def _round(grid: SiteOrderedGrid, cfg: dict, rnd: int, arrays: ArrayRecord, stra
     for ext in extensions:
         replies = ext.incoming(replies)
     usable = sum(not m.has_error() for m in replies)
-    if usable < cfg["faults"]["min_train_nodes"]:
+    if usable < cfg.faults.min_train_nodes:
         raise faults.TooFewReplies(
             f"round {rnd}: {usable} usable training replies, fewer than faults.min_train_nodes="
-            f"{cfg['faults']['min_train_nodes']} (failed sites: {failed}); the run stops here and "
+            f"{cfg.faults.min_train_nodes} (failed sites: {failed}); the run stops here and "
             f"resumes from its last checkpoint with resume=<run folder>."
             + faults.divergence_hint(cfg, usable, failed))
     if _examples(replies) > 0:

@@ -14,7 +14,8 @@ import torch
 from fedcls.algorithms.models import Classifier, build_model
 from fedcls.caching import BoundedCache
 from fedcls.data.federated import FederatedData, SiteTensors, data_key, federated_data, site_tensors
-from fedcls.data.site_folders import FEDERATION_KEY, folder_federated_data
+from fedcls.data.site_folders import folder_federated_data
+from fedcls.schema import Config
 
 _RUNTIMES = BoundedCache(size=4)  # data, model and site tensors per config and device
 
@@ -33,7 +34,7 @@ class Runtime:
             self.sites[site_id] = site_tensors(self.data, site_id, self.device)
         return self.sites[site_id]
 
-    def stream(self, cfg: dict, site_id: int):
+    def stream(self, cfg: Config, site_id: int):
         """Site `site_id`'s continual stream of experiences (built on first use)."""
         from fedcls.algorithms.continual.streams import site_stream, stream_key
 
@@ -43,32 +44,34 @@ class Runtime:
         return self.streams[key]
 
 
-def pick_device(cfg: dict) -> torch.device:
+def pick_device(cfg: Config) -> torch.device:
     """CUDA when asked for (device=cuda) or allowed (auto, with GPUs per client) and present."""
-    wants_gpu = cfg["device"] == "cuda" or (cfg["device"] == "auto" and cfg["backend"]["num_gpus"] > 0)
+    wants_gpu = cfg.device == "cuda" or (cfg.device == "auto" and cfg.backend.num_gpus > 0)
     return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
 
 
-def get_runtime(cfg: dict, device: torch.device | None = None,
-                site_folder: tuple[str, int] | None = None) -> Runtime:
+def get_runtime(cfg: Config, device: torch.device | None = None, site_folder: tuple[str, int] | None = None,
+                federation: dict | None = None) -> Runtime:
     """The cached runtime for this config's data and model; with `site_folder` (folder, site id),
-    a deployed site's own data folder (fedcls.data.site_folders) instead of a share of the dataset."""
+    a deployed site's own data folder (fedcls.data.site_folders), normalised as the server's
+    `federation` description says, instead of a share of the dataset."""
     device = device or pick_device(cfg)
-    data_id = data_key(cfg) if site_folder is None else [site_folder, cfg["seed"], cfg["data"],
-                                                         cfg.get(FEDERATION_KEY)]
-    key = json.dumps([data_id, cfg["model"], str(device), str(torch.get_default_dtype())], sort_keys=True)
-    return _RUNTIMES.get_or_build(key, lambda: _build_runtime(cfg, device, site_folder))
+    values = cfg.to_dict()
+    data_id = data_key(cfg) if site_folder is None else [site_folder, cfg.seed, values["data"], federation]
+    key = json.dumps([data_id, values["model"], str(device), str(torch.get_default_dtype())], sort_keys=True)
+    return _RUNTIMES.get_or_build(key, lambda: _build_runtime(cfg, device, site_folder, federation))
 
 
-def _build_runtime(cfg: dict, device: torch.device, site_folder: tuple[str, int] | None) -> Runtime:
-    data = federated_data(cfg) if site_folder is None else _folder_data(cfg, *site_folder)
-    model = build_model(cfg, data.dataset.shape, data.dataset.num_classes).to(device)
+def _build_runtime(cfg: Config, device: torch.device, site_folder: tuple[str, int] | None,
+                   federation: dict | None) -> Runtime:
+    data = federated_data(cfg) if site_folder is None else _folder_data(cfg, *site_folder, federation)
+    model = build_model(cfg.model, data.dataset.shape, data.dataset.num_classes).to(device)
     return Runtime(data, model, device)
 
 
-def _folder_data(cfg: dict, folder: str, site: int) -> FederatedData:
-    if FEDERATION_KEY not in cfg:
+def _folder_data(cfg: Config, folder: str, site: int, federation: dict | None) -> FederatedData:
+    if federation is None:
         raise ValueError("this server sent no federation data description: run a fedcls ServerApp "
                          "of the same version as the sites")
-    return folder_federated_data(folder, site, cfg[FEDERATION_KEY], cfg)
+    return folder_federated_data(folder, site, federation, cfg)
 

@@ -16,17 +16,19 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedcls.apps.federation import run_federation
 from fedcls.config import compose
+from fedcls.data.federated import FederatedData, federated_data
 from fedcls.outputs import checkpoint
 from fedcls.outputs.results import Recorder, new_run_dir
+from fedcls.schema import Config
 
 
-def run_and_record(grid: Grid, cfg: dict, recorder: Recorder, resume: dict | None = None,
+def run_and_record(grid: Grid, cfg: Config, data: FederatedData, recorder: Recorder, resume: dict | None = None,
                    simulated: bool = True) -> None:
     """Run the federation; the summary says whether it completed, and the model is saved.
     A simulation's clients keep their state under the run folder for checkpoints."""
-    state_dir = recorder.run_dir / checkpoint.CLIENT_DIR if simulated and cfg["checkpoint_every"] else None
+    state_dir = recorder.run_dir / checkpoint.CLIENT_DIR if simulated and cfg.checkpoint_every else None
     try:
-        arrays = run_federation(grid, cfg, recorder, resume, state_dir)
+        arrays = run_federation(grid, cfg, data, recorder, resume, state_dir)
     except BaseException as err:
         status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         recorder.finish(status, error=f"{type(err).__name__}: {err}")
@@ -46,4 +48,4 @@ def main(grid: Grid, context: Context) -> None:
     args = [f"scenario={context.run_config['scenario']}",
             *shlex.split(str(context.run_config.get("overrides", "")))]
     cfg = compose([a for a in args if a != "scenario="])
-    run_and_record(grid, cfg, Recorder(new_run_dir(cfg), cfg), simulated=False)
+    run_and_record(grid, cfg, federated_data(cfg), Recorder(new_run_dir(cfg), cfg), simulated=False)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from fedcls.errors import ConfigError, unknown_name
+from fedcls.schema import DomainConfig
 
 
 def _tv():
@@ -129,7 +130,7 @@ def normalized_view(ds, x: torch.Tensor, spec: str, seed_parts: list[int]) -> to
     return ds.normalize(domain_view(ds, x, spec, seed_parts))
 
 
-def site_domain(cfg: dict, site: int) -> str:
+def site_domain(domain: DomainConfig, site: int) -> str:
     """Site `site`'s device domain (identity when domain.sites is empty)."""
-    specs = cfg["domain"]["sites"]
+    specs = domain.sites
     return str(specs[site % len(specs)]) if specs else "identity"

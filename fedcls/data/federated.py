@@ -12,6 +12,7 @@ from fedcls.caching import BoundedCache
 from fedcls.data.domains import domain_view, site_domain
 from fedcls.data.partition import Partition, make_partition
 from fedcls.data.sources import Dataset, load_dataset
+from fedcls.schema import Config
 
 DATA_KEYS = ("dataset", "data", "partition", "num_clients", "seed", "domain")
 NORMALIZE = ("standardize", "none")  # data.normalize: the model's input units
@@ -49,9 +50,10 @@ class SiteTensors:
     noise_scale: torch.Tensor  # per-channel std of the site's feature noise in input units
 
 
-def data_key(cfg: dict) -> str:
+def data_key(cfg: Config) -> str:
     """Identifies everything the federation's data depends on (a cache key)."""
-    return json.dumps({k: cfg[k] for k in DATA_KEYS}, sort_keys=True)
+    values = cfg.to_dict()
+    return json.dumps({k: values[k] for k in DATA_KEYS}, sort_keys=True)
 
 
 def with_input_units(ds: Dataset, mode: str) -> Dataset:
@@ -73,27 +75,27 @@ def local_split(idx: np.ndarray, fraction: float, rng: np.random.Generator) -> t
     return np.sort(shuffled[n_test:]), np.sort(shuffled[:n_test])
 
 
-def build_federated_data(cfg: dict) -> FederatedData:
+def build_federated_data(cfg: Config) -> FederatedData:
     """Load the dataset, partition its train pool and split each part into local train/test.
     With domain.target_dataset, the target sites share that dataset's pool (IID) instead."""
-    units = cfg["data"]["normalize"]
-    dataset, n, d = with_input_units(load_dataset(cfg), units), cfg["num_clients"], cfg["domain"]
-    foreign = set(d["targets"]) if d["target_dataset"] else set()
+    units = cfg.data.normalize
+    dataset, n, d = with_input_units(load_dataset(cfg.dataset, cfg.data), units), cfg.num_clients, cfg.domain
+    foreign = set(d.targets) if d.target_dataset else set()
     holders = [s for s in range(n) if s not in foreign]
     labels = dataset.train_y.numpy()
-    partition = make_partition(labels, len(holders), cfg["partition"], cfg["seed"])
-    target = with_input_units(load_dataset({**cfg, "dataset": d["target_dataset"]}), units) if foreign else None
+    partition = make_partition(labels, len(holders), cfg.partition, cfg.seed)
+    target = with_input_units(load_dataset(d.target_dataset, cfg.data), units) if foreign else None
     shares = dict(zip(holders, zip(partition.indices, partition.noise_std)))
     if foreign:
-        pool = np.random.default_rng([cfg["seed"], 0x7A6]).permutation(len(target.train_y))
+        pool = np.random.default_rng([cfg.seed, 0x7A6]).permutation(len(target.train_y))
         shares.update({t: (part, 0.0) for t, part in zip(sorted(foreign), np.array_split(pool, len(foreign)))})
-    rng = np.random.default_rng([cfg["seed"], 0x5E57])
+    rng = np.random.default_rng([cfg.seed, 0x5E57])
     sites = []
     for s in range(n):
         idx, noise = shares[s]
-        train, test = local_split(idx, cfg["data"]["local_test_fraction"], rng)
-        sites.append(Site(train, test, noise, site_domain(cfg, s), s in foreign))
-    return FederatedData(dataset, partition, sites, target, cfg["seed"])
+        train, test = local_split(idx, cfg.data.local_test_fraction, rng)
+        sites.append(Site(train, test, noise, site_domain(d, s), s in foreign))
+    return FederatedData(dataset, partition, sites, target, cfg.seed)
 
 
 def site_images(data: FederatedData, site_id: int) -> tuple[torch.Tensor, ...]:
@@ -121,6 +123,6 @@ def site_tensors(data: FederatedData, site_id: int, device: torch.device) -> Sit
 _DATA = BoundedCache(size=4)  # federations kept per process (a sweep reuses one across its strategies)
 
 
-def federated_data(cfg: dict) -> FederatedData:
+def federated_data(cfg: Config) -> FederatedData:
     """The federation data (dataset, partition, site splits) for this config, built once per process."""
     return _DATA.get_or_build(data_key(cfg), lambda: build_federated_data(cfg))

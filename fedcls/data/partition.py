@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedcls.errors import ConfigError
+from fedcls.schema import PartitionConfig
 
 MAX_REDRAWS = 1000
 
@@ -107,22 +108,22 @@ def quantity(labels: np.ndarray, n: int, rng: np.random.Generator, alpha: float,
 KINDS = ("iid", "dirichlet", "label_k", "shards", "quantity", "noise")
 
 
-def make_partition(labels: np.ndarray, n: int, spec: dict, seed: int) -> Partition:
+def make_partition(labels: np.ndarray, n: int, spec: PartitionConfig, seed: int) -> Partition:
     """Partition `labels` over n clients as `spec` (the config's partition section) says.
 
     The generator is seeded by (seed, a fixed stream id), apart from the training RNGs.
     """
     rng = np.random.default_rng([seed, 0xDA7A])
-    kind = spec["kind"]
+    kind = spec.kind
     if kind == "dirichlet":
-        parts = dirichlet(labels, n, rng, spec["alpha"], spec["min_size"])
+        parts = dirichlet(labels, n, rng, spec.alpha, spec.min_size)
     elif kind == "label_k":
-        parts = label_k(labels, n, rng, spec["k"])
+        parts = label_k(labels, n, rng, spec.k)
     elif kind == "shards":
-        parts = shards(labels, n, rng, spec["shards_per_client"])
+        parts = shards(labels, n, rng, spec.shards_per_client)
     elif kind == "quantity":
-        parts = quantity(labels, n, rng, spec["alpha"], spec["min_size"])
+        parts = quantity(labels, n, rng, spec.alpha, spec.min_size)
     else:  # iid, and noise (IID labels, feature noise growing with the client index)
         parts = iid(labels, n, rng)
-    noise = [spec["sigma"] * i / max(n - 1, 1) if kind == "noise" else 0.0 for i in range(n)]
+    noise = [spec.sigma * i / max(n - 1, 1) if kind == "noise" else 0.0 for i in range(n)]
     return Partition(parts, noise)

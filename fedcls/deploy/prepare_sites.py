@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from fedcls.errors import UserError, run_cli
+from fedcls.schema import Config
 
 FORMATS = ("imagefolder", "tensor")
 
@@ -64,13 +65,13 @@ def write_site(folder: Path, site_id: int, parts: tuple, classes: list[str], noi
                                                   "train": len(train_y), "test": len(test_y)}) + "\n")
 
 
-def prepare(cfg: dict, out: Path, fmt: str) -> list[Path]:
+def prepare(cfg: Config, out: Path, fmt: str) -> list[Path]:
     from fedcls.data.federated import federated_data
 
     data = federated_data(cfg)
     classes = data.dataset.class_names
     folders = []
-    for s in range(cfg["num_clients"]):
+    for s in range(cfg.num_clients):
         folder = out / f"site-{s}"
         write_site(folder, s, stored_site_images(data, s), classes, float(data.sites[s].noise_std), fmt)
         folders.append(folder)

@@ -4,7 +4,7 @@ site s's messages go to worker s mod W (a Ray actor holding that site's state), 
 worker per round. The messages of one call share the strategy's weights object, so Ray's
 pickling sends the global weights to an actor once per round, not once per client.
 
-``run_cohorts(cfg, recorder)`` runs a whole simulation this way (``backend.executor=cohort``).
+``run_cohorts(cfg, data, recorder)`` runs a whole simulation this way (``backend.executor=cohort``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Iterable
 from flwr.app import Message
 
 from fedcls.apps.cohort.worker import CohortWorker, error_reply
+from fedcls.data.federated import FederatedData
+from fedcls.schema import BackendConfig, Config
 
 
 class CohortGrid:
@@ -77,15 +79,14 @@ class CohortGrid:
         return ray.get(call)
 
 
-def _actors(cfg: dict) -> list:
+def _actors(backend: BackendConfig, count: int) -> list:
     import ray
 
-    backend = cfg["backend"]
-    remote = ray.remote(CohortWorker).options(num_cpus=backend["num_cpus"], num_gpus=backend["num_gpus"])
-    return [remote.remote() for _ in range(backend["cohort_actors"])]
+    remote = ray.remote(CohortWorker).options(num_cpus=backend.num_cpus, num_gpus=backend.num_gpus)
+    return [remote.remote() for _ in range(count)]
 
 
-def run_cohorts(cfg: dict, recorder, resume: dict | None = None) -> None:
+def run_cohorts(cfg: Config, data: FederatedData, recorder, resume: dict | None = None) -> None:
     """A simulation whose clients train in cohorts on Ray actors (see module docstring)."""
     import ray
     from flwr.supercore.task_identity import TaskIdentity
@@ -93,19 +94,18 @@ def run_cohorts(cfg: dict, recorder, resume: dict | None = None) -> None:
     from fedcls.apps.server_app import run_and_record
     from fedcls.engine.logs import quiet_logs
 
-    quiet_logs(cfg["verbose"])
+    quiet_logs(cfg.verbose)
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=cfg["backend"]["ray_address"], include_dashboard=False, log_to_driver=cfg["verbose"],
-                 logging_level=logging.INFO if cfg["verbose"] else logging.WARNING,
+        ray.init(address=cfg.backend.ray_address, include_dashboard=False, log_to_driver=cfg.verbose,
+                 logging_level=logging.INFO if cfg.verbose else logging.WARNING,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path),
-                                           "OMP_NUM_THREADS": str(max(int(cfg["backend"]["num_cpus"]), 1))}})
+                                           "OMP_NUM_THREADS": str(max(int(cfg.backend.num_cpus), 1))}})
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0  # the server's identity
-    workers = _actors(cfg)
+    workers = _actors(cfg.backend, cfg.backend.cohort_actors)
     try:
-        grid = CohortGrid(cfg["num_clients"], workers, recorder.echo, respawn=lambda: _actors({**cfg, "backend": {
-            **cfg["backend"], "cohort_actors": 1}})[0])
-        run_and_record(grid, cfg, recorder, resume)
+        grid = CohortGrid(cfg.num_clients, workers, recorder.echo, respawn=lambda: _actors(cfg.backend, 1)[0])
+        run_and_record(grid, cfg, data, recorder, resume)
     finally:
         for actor in workers:
             ray.kill(actor)

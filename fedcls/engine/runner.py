@@ -8,26 +8,27 @@ import sys
 import time
 from pathlib import Path
 
-from fedcls.data.federated import federated_data
+from fedcls.data.federated import FederatedData, federated_data
 from fedcls.errors import Interrupted, UserError
 from fedcls.outputs import checkpoint
 from fedcls.outputs.results import Recorder, new_run_dir
+from fedcls.schema import Config
 
 
-def run(cfg: dict, echo=print, resume_dir: Path | None = None) -> int:
+def run(cfg: Config, echo=print, resume_dir: Path | None = None) -> int:
     """Run `cfg` (or continue the run in `resume_dir` from its checkpoint); 0 when completed,
     1 when the run failed (its traceback in <run folder>/error.txt); raises fedcls.errors.Interrupted
     (exit code 130) on Ctrl-C. ``echo`` prints the per-round lines (None: silent, as in a sweep)."""
     started = time.time()
-    federated_data(cfg)  # missing data or an impossible partition stops here, with exit 2
+    data = federated_data(cfg)  # missing data or an impossible partition stops here, with exit 2
     resume = checkpoint.load(resume_dir) if resume_dir else None
     recorder = Recorder(resume_dir or new_run_dir(cfg), cfg, echo=echo or (lambda line: None))
     if echo is None:
-        return _simulate(cfg, recorder, resume)
-    what = f"resuming after round {resume['round']}" if resume else f"{cfg['rounds']} rounds"
-    print(f"fedcls: {cfg['dataset']}, {cfg['num_clients']} sites, partition {cfg['partition']['kind']}, "
-          f"strategy {cfg['strategy']['name']}, {what} -> {recorder.run_dir}", flush=True)
-    code = _simulate(cfg, recorder, resume)
+        return _simulate(cfg, data, recorder, resume)
+    what = f"resuming after round {resume['round']}" if resume else f"{cfg.rounds} rounds"
+    print(f"fedcls: {cfg.dataset}, {cfg.num_clients} sites, partition {cfg.partition.kind}, "
+          f"strategy {cfg.strategy.name}, {what} -> {recorder.run_dir}", flush=True)
+    code = _simulate(cfg, data, recorder, resume)
     if code:
         return code
     rows = recorder.rows
@@ -37,11 +38,11 @@ def run(cfg: dict, echo=print, resume_dir: Path | None = None) -> int:
     return 0
 
 
-def _simulate(cfg: dict, recorder: Recorder, resume: dict | None = None) -> int:
+def _simulate(cfg: Config, data: FederatedData, recorder: Recorder, resume: dict | None = None) -> int:
     from fedcls.engine.simulation import simulate
 
     try:
-        simulate(cfg, recorder, resume)
+        simulate(cfg, data, recorder, resume)
     except KeyboardInterrupt as err:
         _interrupted(recorder, err)
     except Exception as err:  # the ServerApp already wrote a 'failed' summary

@@ -14,39 +14,41 @@ import os
 import sys
 import threading
 
+from fedcls.data.federated import FederatedData
 from fedcls.engine.flower_patches import RayWithoutShutdown, replace_dead_actors
 from fedcls.engine.logs import quiet_logs, quiet_warnings
 from fedcls.outputs.results import Recorder
+from fedcls.schema import Config
 
 STOP_WAIT_S = 10.0  # how long a stopped run waits for its ServerApp thread to end
 GRID_CALLS = ("get_node_ids", "push_messages", "pull_messages", "send_and_receive")
 
 
-def backend_config(cfg: dict) -> dict:
+def backend_config(cfg: Config) -> dict:
     """Ray backend settings: client resources, and the cluster to attach to if any."""
-    backend = cfg["backend"]
-    init_args: dict = {"logging_level": logging.INFO if cfg["verbose"] else logging.WARNING,
-                       "log_to_driver": bool(cfg["verbose"])}
-    if backend["ray_address"]:
-        init_args["address"] = backend["ray_address"]
-    return {"client_resources": {"num_cpus": backend["num_cpus"], "num_gpus": backend["num_gpus"]},
+    backend = cfg.backend
+    init_args: dict = {"logging_level": logging.INFO if cfg.verbose else logging.WARNING,
+                       "log_to_driver": bool(cfg.verbose)}
+    if backend.ray_address:
+        init_args["address"] = backend.ray_address
+    return {"client_resources": {"num_cpus": backend.num_cpus, "num_gpus": backend.num_gpus},
             "init_args": init_args}
 
 
-def simulate(cfg: dict, recorder: Recorder, resume: dict | None = None) -> None:
+def simulate(cfg: Config, data: FederatedData, recorder: Recorder, resume: dict | None = None) -> None:
     """Run the configured federation as a Flower simulation on Ray (or, with
     backend.executor=cohort, with clients trained in cohorts on Ray actors). An exception
     leaving it has ``server_running`` True when the ServerApp thread did not stop in time."""
-    with quiet_warnings(cfg["verbose"]):
-        if cfg["backend"]["executor"] == "cohort":
+    with quiet_warnings(cfg.verbose):
+        if cfg.backend.executor == "cohort":
             from fedcls.engine.cohort_grid import run_cohorts
 
-            return run_cohorts(cfg, recorder, resume)
-        _flower_simulation(cfg, recorder, resume)
+            return run_cohorts(cfg, data, recorder, resume)
+        _flower_simulation(cfg, data, recorder, resume)
 
 
-def _flower_simulation(cfg: dict, recorder: Recorder, resume: dict | None) -> None:
-    quiet_logs(cfg["verbose"])
+def _flower_simulation(cfg: Config, data: FederatedData, recorder: Recorder, resume: dict | None) -> None:
+    quiet_logs(cfg.verbose)
     replace_dead_actors()
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
@@ -58,11 +60,11 @@ def _flower_simulation(cfg: dict, recorder: Recorder, resume: dict | None) -> No
 
     @server_app.main()
     def main(grid, context) -> None:
-        serve(grid, cfg, recorder, resume, stop, running)
+        serve(grid, cfg, data, recorder, resume, stop, running)
 
     try:
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg["num_clients"],
-                       backend_config=backend_config(cfg), verbose_logging=cfg["verbose"])
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
+                       backend_config=backend_config(cfg), verbose_logging=cfg.verbose)
     except BaseException as err:
         stop.set()
         stopped = running.acquire(timeout=STOP_WAIT_S)
@@ -103,14 +105,14 @@ class StoppableGrid:
         return push_and_pull(self, messages, timeout)
 
 
-def serve(grid, cfg: dict, recorder: Recorder, resume: dict | None, stop: threading.Event,
-          running: threading.Lock) -> None:
+def serve(grid, cfg: Config, data: FederatedData, recorder: Recorder, resume: dict | None,
+          stop: threading.Event, running: threading.Lock) -> None:
     """The ServerApp's body: the recorded federation over a StoppableGrid, holding `running`."""
     from fedcls.apps.server_app import run_and_record
 
     with running:
         try:
-            run_and_record(StoppableGrid(grid, stop), cfg, recorder, resume)
+            run_and_record(StoppableGrid(grid, stop), cfg, data, recorder, resume)
         except ServerStopped:
             pass  # the run was stopped from the main thread, which reports it
 

@@ -6,7 +6,6 @@ atomically at the end, also when the run is interrupted or fails, so nothing com
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+from fedcls.schema import Config
 
 ERROR_FILE = "error.txt"  # a failed run's traceback, versions and command
 CLIENT_ERRORS_FILE = "client_errors.txt"  # every failed client reply's whole reason, by round
@@ -31,13 +32,13 @@ def versions() -> dict[str, str]:
             **{name: version(name) for name in ("fedcls", "flwr", "torch", "ray", "numpy")}}
 
 
-def new_run_dir(cfg: dict) -> Path:
-    """A fresh folder under cfg['output_dir'] named by run_id (or time, scenario, strategy, seed)."""
-    scenario = str(cfg["scenario"] or cfg["partition"]["kind"])
+def new_run_dir(cfg: Config) -> Path:
+    """A fresh folder under cfg.output_dir named by run_id (or time, scenario, strategy, seed)."""
+    scenario = str(cfg.scenario or cfg.partition.kind)
     scenario = Path(scenario).stem if scenario.endswith((".yaml", ".yml")) else scenario
-    name = cfg["run_id"] or (f"{datetime.now():%Y%m%d-%H%M%S}-{scenario}-"
-                             f"{cfg['strategy']['name']}-s{cfg['seed']}")
-    base, path, n = Path(cfg["output_dir"]), Path(cfg["output_dir"]) / name, 1
+    name = cfg.run_id or (f"{datetime.now():%Y%m%d-%H%M%S}-{scenario}-"
+                             f"{cfg.strategy.name}-s{cfg.seed}")
+    base, path, n = Path(cfg.output_dir), Path(cfg.output_dir) / name, 1
     while path.exists():
         n += 1
         path = base / f"{name}-{n}"
@@ -70,7 +71,7 @@ def console_line(row: dict, rounds: int) -> str:
 class Recorder:
     """Writes a run's files as it goes and prints one line per round."""
 
-    def __init__(self, run_dir: Path, cfg: dict, echo=print):
+    def __init__(self, run_dir: Path, cfg: Config, echo=print):
         self.run_dir, self.cfg, self.echo = Path(run_dir), cfg, echo
         self.rows: list[dict] = []
         self.partition_counts: list[list[int]] = []
@@ -96,7 +97,7 @@ class Recorder:
             f.flush()
             os.fsync(f.fileno())
         self.interim()
-        self.echo(console_line(row, self.cfg["rounds"]))
+        self.echo(console_line(row, self.cfg.rounds))
 
     def interim(self) -> None:
         """Until the run ends, summary.json describes it as interrupted after its last round (so a
@@ -114,15 +115,15 @@ class Recorder:
         best = int(np.argmax(accs)) if accs else None
         return {
             "run_id": self.run_dir.name, "status": status, "error": error,
-            "rounds": self.cfg["rounds"], "rounds_completed": len(self.rows),
+            "rounds": self.cfg.rounds, "rounds_completed": len(self.rows),
             "final_accuracy": accs[-1] if accs else None,
             "final_loss": self.rows[-1]["loss"] if accs else None,
             "best_accuracy": accs[best] if accs else None,
             "best_round": self.rows[best]["round"] if accs else None,
-            "seconds": time.time() - self.started, "seed": self.cfg["seed"],
-            "scenario": self.cfg["scenario"], "strategy": self.cfg["strategy"]["name"],
-            "dataset": self.cfg["dataset"], "model": self.cfg["model"]["name"],
-            "num_clients": self.cfg["num_clients"], "partition": self.cfg["partition"]["kind"],
+            "seconds": time.time() - self.started, "seed": self.cfg.seed,
+            "scenario": self.cfg.scenario, "strategy": self.cfg.strategy.name,
+            "dataset": self.cfg.dataset, "model": self.cfg.model.name,
+            "num_clients": self.cfg.num_clients, "partition": self.cfg.partition.kind,
             "partition_counts": self.partition_counts,
             "versions": versions(), "command": " ".join(sys.argv), **self.extras,
             **({"error_file": self.error_file} if self.error_file and status != "completed" else {}),
@@ -139,7 +140,7 @@ class Recorder:
     def finish(self, status: str = "completed", state_dict=None, error: str | None = None) -> dict:
         """Write summary.json, plots and (if given) model.pt; return the summary."""
         summary, self.status = self.write_summary(status, error), status
-        if state_dict is not None and self.cfg["save_model"]:
+        if state_dict is not None and self.cfg.save_model:
             import torch
 
             torch.save(state_dict, self.run_dir / "model.pt")
@@ -152,8 +153,8 @@ class Recorder:
     def record_error(self, err: BaseException, status: str = "failed") -> Path:
         """Keep a failure's evidence: ERROR_FILE (run id, versions, command, the whole traceback)
         in the run folder, named by summary.json (rewritten with `status`); returns its path."""
-        header = [f"run {self.run_dir.name} (run_id {self.cfg['run_id']}) {status} at {datetime.now():%Y-%m-%d %H:%M:%S} "
-                  f"after {len(self.rows)} of {self.cfg['rounds']} rounds; its config: config.yaml",
+        header = [f"run {self.run_dir.name} (run_id {self.cfg.run_id}) {status} at {datetime.now():%Y-%m-%d %H:%M:%S} "
+                  f"after {len(self.rows)} of {self.cfg.rounds} rounds; its config: config.yaml",
                   "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
                   "command: " + " ".join(sys.argv), ""]
         path = self.run_dir / ERROR_FILE
@@ -170,6 +171,6 @@ class Recorder:
                 f.writelines(f"round {rnd}, site {site}, {phase}:\n{reason}\n\n" for site, phase, reason in failures)
 
 
-def to_yaml(cfg: dict) -> str:
+def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML (what --cfg job prints and config.yaml holds)."""
-    return yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False)
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from fedcls.errors import ConfigError, UserError, run_cli
+from fedcls.schema import Config
 
 
 def expand_grid(args: list[str]) -> tuple[dict[str, str], list[str], list[list[str]]]:
@@ -51,14 +52,14 @@ def is_finished(run_dir: Path) -> bool:
     return summary.exists() and json.loads(summary.read_text()).get("status") == "completed"
 
 
-def _resumable(run_dir: Path, cfg: dict) -> bool:
+def _resumable(run_dir: Path, cfg: Config) -> bool:
     """An unfinished run of this very config with a readable checkpoint: continue it."""
     import yaml
 
     from fedcls.outputs import checkpoint
 
     try:
-        same = yaml.safe_load((run_dir / "config.yaml").read_text()) == cfg
+        same = yaml.safe_load((run_dir / "config.yaml").read_text()) == cfg.to_dict()
         return same and checkpoint.load(run_dir) is not None
     except (OSError, yaml.YAMLError, UserError):
         return False
@@ -78,7 +79,7 @@ def refuse_collisions(common: list[str], points: list[list[str]], runs_dir: Path
         run_dir = runs_dir / run_id_of(point)
         if not is_finished(run_dir):
             continue
-        old, new = flat(yaml.safe_load((run_dir / "config.yaml").read_text())), flat(compose([*common, *point]))
+        old, new = flat(yaml.safe_load((run_dir / "config.yaml").read_text())), flat(compose([*common, *point]).to_dict())
         named = {arg.split("=", 1)[0].lstrip("+~") for arg in [*common, *point]}
         if any(old.get(k) != new.get(k) for k in new if k.split(".")[0] in named or k in named):
             clashes.append(run_id_of(point))
@@ -156,7 +157,7 @@ def _ray_address(common: list[str], points: list[list[str]]) -> str | None:
     """The cluster the study's runs attach to, from their composed config (as each run reads it)."""
     from fedcls.config import compose
 
-    return compose([*common, *points[0]])["backend"]["ray_address"] if points else None
+    return compose([*common, *points[0]]).backend.ray_address if points else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,10 @@
 Off unless ``continual.kind`` is set (scenario files continual_classes, continual_domains).
 """
 
+from fedcls.schema import Config
+
 ENABLED_KINDS = ("class_incremental", "domain_incremental")
 
 
-def enabled(cfg: dict) -> bool:
-    return cfg.get("continual", {}).get("kind", "none") in ENABLED_KINDS
+def enabled(cfg: Config) -> bool:
+    return cfg.continual.kind in ENABLED_KINDS

@@ -21,6 +21,7 @@ from fedcls.algorithms.continual.ewc import EXAMPLES, FEDERATED, IMPORTANCE, EWC
 from fedcls.algorithms.continual.plugins import PluginHook, make_plugin
 from fedcls.algorithms.continual.replay import ReplayHook
 from fedcls.algorithms.training import Hook, TrainContext
+from fedcls.schema import Config
 
 PROGRESS_KEY = "continual"
 
@@ -33,8 +34,8 @@ def last_trained(state: dict) -> int:
 def new_ewc(c: dict):
     from avalanche.training.plugins import EWCPlugin
 
-    online = c["ewc_mode"] == "online"
-    return EWCPlugin(c["ewc_lambda"], mode=c["ewc_mode"], decay_factor=c["ewc_decay"] if online else None)
+    online = c.ewc_mode == "online"
+    return EWCPlugin(c.ewc_lambda, mode=c.ewc_mode, decay_factor=c.ewc_decay if online else None)
 
 
 class Progress(Hook):
@@ -48,15 +49,15 @@ class Progress(Hook):
         return {"experience": float(self.current)}
 
 
-def continual_hooks(cfg: dict, stream, current: int, state: dict, inbox: dict) -> list[Hook]:
+def continual_hooks(cfg: Config, stream, current: int, state: dict, inbox: dict) -> list[Hook]:
     """The hooks of cfg's continual method for a site on experience `current`."""
-    c, previous = cfg["continual"], last_trained(state)
-    methods = c["method"].split("+")
+    c, previous = cfg.continual, last_trained(state)
+    methods = c.method.split("+")
     hooks: list[Hook] = []
     if "ewc" in methods:
         hooks.append(EWCHook(c, lambda: new_ewc(c), stream, previous, current, inbox))
     if "replay" in methods:
-        hooks.append(ReplayHook(c["memory_size"], stream, previous, current))
-    for i, spec in enumerate(c["plugins"]):
+        hooks.append(ReplayHook(c.memory_size, stream, previous, current))
+    for i, spec in enumerate(c.plugins):
         hooks.append(PluginHook(f"plugin.{i}", lambda s=spec: make_plugin(s), stream, previous, current))
     return hooks + [Progress(current)]

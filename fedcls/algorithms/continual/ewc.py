@@ -31,6 +31,7 @@ import torch
 
 from fedcls.algorithms.continual.plugins import PluginHook
 from fedcls.algorithms.training import TrainContext
+from fedcls.schema import Config
 
 IMPORTANCE = "ewc.importance."  # reply records: a site's importances of a finished experience
 FEDERATED = "ewc.federated."    # train-message records: the federation's aggregated importances
@@ -83,7 +84,7 @@ class EWCHook(PluginHook):
 
     def __init__(self, c: dict, new_plugin, stream, previous: int, current: int, inbox: dict):
         super().__init__("ewc", new_plugin, stream, previous, current)
-        self.aggregate, self.inbox, self.cap = c["aggregate_importances"], inbox, c["ewc_cap"]
+        self.aggregate, self.inbox, self.cap = c.aggregate_importances, inbox, c.ewc_cap
         self.ratio, self.capped = 0.0, 0.0
 
     def finish_experience(self, ctx: TrainContext) -> None:
@@ -123,10 +124,10 @@ class EWCStabilityWarning(UserWarning):
     """EWC's penalty reached the momentum-SGD stability bound (capped, or uncapped: diverging)."""
 
 
-def stability_warning(cfg: dict, ratio: float, capped: float, sites: list[int]) -> str:
+def stability_warning(cfg: Config, ratio: float, capped: float, sites: list[int]) -> str:
     """The server's warning when a site's lr*lambda*T_j reached the bound (ratio >= 1)."""
-    c, lr, rho = cfg["continual"], cfg["lr"], cfg["momentum"]
-    bound, lam, cap = stability_bound(rho), c["ewc_lambda"], c["ewc_cap"]
+    c, lr, rho = cfg.continual, cfg.lr, cfg.momentum
+    bound, lam, cap = stability_bound(rho), c.ewc_lambda, c.ewc_cap
     head = (f"EWC at sites {sites}: lr*ewc_lambda*max F_j = {ratio * bound:.3g} reached the stability "
             f"bound 1+momentum = {bound:.3g} of SGD with momentum on Avalanche's penalty "
             f"lambda*F_j*(w_j-w*_j)^2")

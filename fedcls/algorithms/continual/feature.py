@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from fedcls.algorithms.continual import enabled
 from fedcls.algorithms.feature import ClientHalf, Feature, SiteRound
+from fedcls.schema import Config
 
 
 class ContinualClient(ClientHalf):
     """The client half: a site trains on its current experience with its method's hooks first
     (replay's memory joins the data the other hooks see) and reports on the experiences seen."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
 
     def site_round(self, runtime, site: int, rnd: int) -> SiteRound:
@@ -28,10 +29,10 @@ class ContinualClient(ClientHalf):
         return continual_hooks(self.cfg, stream, exp, job.state, inbox)
 
 
-def _server(cfg: dict):
+def _server(cfg: Config, data):
     from fedcls.algorithms.continual.server import ContinualServer
 
-    return ContinualServer(cfg)
+    return ContinualServer(cfg, data)
 
 
 FEATURE = Feature("continual", enabled, server=_server, client=ContinualClient)

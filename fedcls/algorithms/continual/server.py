@@ -32,7 +32,8 @@ from fedcls.algorithms.continual.streams import class_groups, global_test_sets
 from fedcls.algorithms.feature import Extension
 from fedcls.algorithms.models import build_model
 from fedcls.algorithms.training import evaluate
-from fedcls.data.federated import federated_data
+from fedcls.data.federated import FederatedData
+from fedcls.schema import Config
 
 
 class ImportanceAverage:
@@ -56,10 +57,10 @@ class ImportanceAverage:
 
 
 class ContinualServer(Extension):
-    def __init__(self, cfg: dict):
-        self.cfg, data = cfg, federated_data(cfg)
+    def __init__(self, cfg: Config, data: FederatedData):
+        self.cfg, self.num_classes = cfg, data.dataset.num_classes
         self.tests = global_test_sets(cfg, data)
-        self.model = build_model(cfg, data.dataset.shape, data.dataset.num_classes)
+        self.model = build_model(cfg.model, data.dataset.shape, data.dataset.num_classes)
         self.ends = schedule.experience_end_rounds(cfg)
         self.rows: list[list[float]] = []
         self.importances = ImportanceAverage()
@@ -106,17 +107,17 @@ class ContinualServer(Extension):
         matrix = self.rows if self.rows and self.ends[len(self.rows) - 1] == rnd else self.rows + [accs]
         self.latest = continual_metrics(matrix, [len(y) for _, y in self.tests])
         extra = ({"federated_importances": sorted(self.importances.counts)}
-                 if self.cfg["continual"]["aggregate_importances"] else {})
+                 if self.cfg.continual.aggregate_importances else {})
         return {"experience": schedule.federation_experience(self.cfg, rnd),
                 "experience_accuracy": accs, **self.latest, **extra}
 
     def summary(self) -> dict:
-        c = self.cfg["continual"]
+        c = self.cfg.continual
         info = {"continual": {
-            "kind": c["kind"], "method": c["method"], "experiences": c["experiences"],
+            "kind": c.kind, "method": c.method, "experiences": c.experiences,
             "experience_end_rounds": self.ends,
-            "classes": (class_groups(self.cfg, federated_data(self.cfg).dataset.num_classes)
-                        if c["kind"] == "class_incremental" else None),
-            "domains": c["domains"] if c["kind"] == "domain_incremental" else None}}
-        ewc = self.ewc if "ewc" in c["method"] else {}
+            "classes": (class_groups(self.cfg, self.num_classes)
+                        if c.kind == "class_incremental" else None),
+            "domains": c.domains if c.kind == "domain_incremental" else None}}
+        ewc = self.ewc if "ewc" in c.method else {}
         return {**self.latest, **info, **ewc}

@@ -8,8 +8,6 @@ lives here, so a site always goes to the same worker.
 
 from __future__ import annotations
 
-import json
-
 from flwr.app import Context, Message, RecordDict
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode
@@ -17,6 +15,7 @@ from flwr.common.constant import ErrorCode
 from fedcls.apps import client_app
 from fedcls.apps.cohort import preaggregate
 from fedcls.apps.cohort.train import CohortClient, cohort_blocker, cohort_update
+from fedcls.apps.payload import CONFIG_KEY, read_payload
 from fedcls.errors import failure_reason
 
 
@@ -48,13 +47,13 @@ class CohortWorker:
     def _cohorts(self, train: list) -> list[list]:
         if not train:
             return []
-        cfg = json.loads(str(train[0][2].content["config"][client_app.CONFIG_KEY]))
+        cfg = read_payload(str(train[0][2].content["config"][CONFIG_KEY])).cfg
         by_weights: dict[int, list] = {}  # clients sent the same weights object train together
         for entry in train:
             by_weights.setdefault(id(entry[2].content["arrays"]), []).append(entry)
         cohorts = []
         for group in by_weights.values():
-            size = cfg["backend"]["cohort_size"] or len(group)
+            size = cfg.backend.cohort_size or len(group)
             cohorts += [group[i:i + size] for i in range(0, len(group), size)]
         return cohorts
 
@@ -89,19 +88,19 @@ class CohortWorker:
 
     def _together(self, ready: list) -> dict[int, Message]:
         first = ready[0][1]
-        cfg = json.loads(str(first.msg.content["config"][client_app.CONFIG_KEY]))
+        cfg = first.cfg
         clients = [CohortClient(job.data, job.params, job.hooks, job.state) for _, job in ready]
         try:
             first.model.load_state_dict(first.msg.content["arrays"].to_torch_state_dict(), strict=False)
-            results = cohort_update(first.model, clients, cfg["backend"]["precision"], cfg["backend"]["channels_last"])
+            results = cohort_update(first.model, clients, cfg.backend.precision, cfg.backend.channels_last)
         except Exception as err:  # noqa: BLE001 - the cohort's clients fail this round together
             return {i: error_reply(job.msg, err) for i, job in ready}
         replies = [client_app.train_reply(job, result, weights) for (_, job), (weights, result) in zip(ready, results)]
-        if cfg["backend"]["pre_aggregate"]:
-            if preaggregate.eligible(cfg["strategy"]["name"]):
+        if cfg.backend.pre_aggregate:
+            if preaggregate.eligible(cfg.strategy.name):
                 replies = preaggregate.pre_aggregate(replies, [job.msg for _, job in ready])
             else:
-                self.notices.append(f"backend.pre_aggregate is ignored: {cfg['strategy']['name']} does not "
+                self.notices.append(f"backend.pre_aggregate is ignored: {cfg.strategy.name} does not "
                                     f"aggregate a weighted mean of the weights")
         return {i: reply for (i, _), reply in zip(ready, replies)}
 
