@@ -27,8 +27,10 @@ import torch
 from fedcls.algorithms.models import build_model
 from fedcls.algorithms.training import TrainParams, local_update
 from fedcls.apps.client_app import round_seed
+from fedcls.apps.runtime import pick_device
 from fedcls.config import compose
-from fedcls.data.federated import federated_data, pick_device, site_tensors
+from fedcls.data.federated import federated_data, site_tensors
+from fedcls.schema import Config
 
 WORKLOADS = {  # the issue's: ResNet-18 (GroupNorm), 500 samples per client, 1 epoch, batch 32
     "simple_cnn": ["model=simple_cnn", "dataset=synthetic", "data.synthetic.image_size=28",
@@ -38,7 +40,7 @@ WORKLOADS = {  # the issue's: ResNet-18 (GroupNorm), 500 samples per client, 1 e
 }
 
 
-def config(args) -> dict:
+def config(args) -> Config:
     gpu = torch.cuda.is_available()
     n = args.clients
     samples = int(args.samples * n / (1 - 0.2))  # 20% of the pool is the global test set
@@ -50,7 +52,7 @@ def config(args) -> dict:
                     f"backend.num_cpus={1 if gpu else 1}", *args.overrides])
 
 
-def plain_loop(cfg: dict) -> list[float]:
+def plain_loop(cfg: Config) -> list[float]:
     """Every sampled client trained in turn in this process, on the same device: seconds per round."""
     data = federated_data(cfg)
     device = pick_device(cfg)
@@ -73,11 +75,12 @@ def plain_loop(cfg: dict) -> list[float]:
     return seconds
 
 
-def simulated(cfg: dict, executor: str, out: Path) -> list[float]:
+def simulated(cfg: Config, executor: str, out: Path) -> list[float]:
+    from dataclasses import replace
+
     from fedcls.engine.runner import run
 
-    run_cfg = {**cfg, "output_dir": str(out), "run_id": executor,
-               "backend": {**cfg.backend, "executor": executor}}
+    run_cfg = replace(cfg, output_dir=str(out), run_id=executor, backend=replace(cfg.backend, executor=executor))
     if run(run_cfg, echo=None) != 0:
         raise SystemExit(f"the {executor} run failed: see {out / executor}")
     rows = [json.loads(line) for line in (out / executor / "metrics.jsonl").read_text().splitlines()]

@@ -24,18 +24,19 @@ from fedcls.config import compose
 from fedcls.data.federated import federated_data
 from fedcls.engine.cohort_grid import CohortGrid
 from fedcls.outputs.results import Recorder
+from fedcls.schema import Config
 
 ARGS = ["scenario=dirichlet_0.5", "num_clients=5", "rounds=1", "model=mlp", "momentum=0.9",
         "weight_decay=0.0005", "fraction_evaluate=0"]
 
 
-def final_weights(cfg: dict, worker: CohortWorker, out: Path) -> dict[str, torch.Tensor]:
+def final_weights(cfg: Config, worker: CohortWorker, out: Path) -> dict[str, torch.Tensor]:
     recorder = Recorder(out, cfg, echo=lambda line: None)
     return run_federation(CohortGrid(cfg.num_clients, [worker], echo=lambda line: None), cfg, federated_data(cfg),
                           recorder).to_torch_state_dict()
 
 
-def drift(cfg: dict, dtype: torch.dtype, tmp: Path) -> float:
+def drift(cfg: Config, dtype: torch.dtype, tmp: Path) -> float:
     torch.set_default_dtype(dtype)
     try:
         reference = final_weights(cfg, CohortWorker(per_client=True), tmp / f"ref-{dtype}")

@@ -27,9 +27,10 @@ from fedcls.algorithms.training import TrainParams, evaluate, local_update
 from fedcls.apps.client_app import round_seed
 from fedcls.config import compose
 from fedcls.data.federated import federated_data, site_tensors
+from fedcls.schema import Config
 
 
-def plain_loop(cfg: dict) -> list[float]:
+def plain_loop(cfg: Config) -> list[float]:
     """FedAvg in one process, no Flower, no Ray: seconds per round."""
     data = federated_data(cfg)
     ds, device = data.dataset, torch.device("cpu")
