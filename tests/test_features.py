@@ -25,13 +25,14 @@ def names(halves) -> list[str]:
 
 
 def test_the_registry_turns_on_the_halves_a_config_asks_for():
-    assert features.client_halves(compose(ARGS)) == [] and features.extensions_for(compose(ARGS), federated_data(compose(ARGS))) == []
+    plain = compose(ARGS)
+    assert features.client_halves(plain) == [] and features.extensions_for(plain, federated_data(plain)) == []
     cfg = compose(["scenario=digits_shift", "coral.enabled=true", "coral.align=recolour"])
     assert names(features.extensions_for(cfg, federated_data(cfg))) == ["DomainEvaluation", "CoralServer", "RecolourServer"]
     assert names(features.client_halves(cfg)) == ["CoralClient", "RecolourClient"]
     cfg = compose(["scenario=continual_classes", "faults.nan_prob=0.5"])
     assert names(features.client_halves(cfg)) == ["ContinualClient", "FaultInjection"]
-    assert names(features.extensions_for(cfg, federated_data(cfg))) == ["ContinualServer"]
+    assert names(features.extensions_for(cfg, federated_data(cfg))) == ["ContinualServer", "FaultDelivery"]
 
 
 def test_the_client_app_names_no_feature():
@@ -77,3 +78,25 @@ def test_a_new_feature_plugs_into_the_client_app_without_touching_it(monkeypatch
     assert all(not v.any() for k, v in sent.items() if k.endswith("bias"))
     assert any(v.any() for k, v in sent.items() if k.endswith("weight"))
     assert names(features.extensions_for(cfg, federated_data(cfg))) == ["Extension"]
+
+
+def test_the_faults_server_half_withholds_drops_and_leaves_late_stragglers_out(monkeypatch):
+    """Drops and stragglers are the faults feature's server half, drawn like the client half's."""
+    import time
+
+    from fedcls.apps.faults import FaultDelivery, fault_of
+
+    identity(monkeypatch)
+    cfg = compose([*ARGS, "num_clients=8", "faults.drop_prob=0.3", "faults.straggler_prob=0.3",
+                   "faults.straggler_delay=5", "faults.round_timeout=1"])
+    half = FaultDelivery(cfg)
+    site_of_node = {100 + s: s for s in range(8)}
+    messages = [Message(RecordDict(), dst_node_id=node, message_type="train") for node in site_of_node]
+    kinds = {s: fault_of(cfg, 3, s) for s in range(8)}
+    assert {"drop", "straggler", None} <= set(kinds.values())  # this seed draws every case
+    sent, dropped = half.withhold(3, messages, site_of_node)
+    assert dropped == [s for s, k in kinds.items() if k == "drop"]
+    assert [site_of_node[m.metadata.dst_node_id] for m in sent] == [s for s, k in kinds.items() if k != "drop"]
+    replies = [Message(RecordDict(), reply_to=msg) for msg in sent]
+    arrived = half.arrived(3, replies, site_of_node, time.perf_counter() - 1.0)  # the deadline has passed
+    assert [site_of_node[m.metadata.src_node_id] for m in arrived] == [s for s, k in kinds.items() if k is None]

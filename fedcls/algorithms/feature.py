@@ -10,6 +10,10 @@ Server half: the loop (fedcls.apps.federation) calls each extension at fixed poi
     before_train(rnd, arrays, grid, config)  before the strategy configures training (CORAL
                              asks sites for feature statistics here)
     outgoing(messages)       before the train messages go out (add named records)
+    withhold(rnd, messages, site_of_node) -> (messages, sites)  the train messages actually
+                             delivered and the sites whose message is not (fault injection: drops)
+    arrived(rnd, replies, site_of_node, sent_at) -> the replies as they arrive by the round's
+                             deadline (fault injection: stragglers answer late)
     incoming(replies)        before the strategy aggregates (take named records out)
     outgoing_evaluate(rnd, arrays, messages)  before the evaluate messages go out (CORAL's
                              closed-form alignment adds the sources' statistics)
@@ -48,6 +52,12 @@ class Extension:
 
     def outgoing(self, messages: list) -> list:
         return messages
+
+    def withhold(self, rnd: int, messages: list, site_of_node: dict[int, int]) -> tuple[list, list[int]]:
+        return messages, []
+
+    def arrived(self, rnd: int, replies: list, site_of_node: dict[int, int], sent_at: float) -> list:
+        return replies
 
     def incoming(self, replies: list) -> list:
         return replies

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from flwr.app import Message
 
-from fedcls.algorithms.feature import ClientHalf, Feature
+from fedcls.algorithms.feature import ClientHalf, Extension, Feature
 from fedcls.schema import Config
 
 KINDS = ("drop", "crash", "nan", "straggler")
@@ -137,7 +137,7 @@ def screen(sent: list[Message], replies: list[Message], site_of_node: dict[int, 
 
 class FaultInjection(ClientHalf):
     """The client half of fault injection: a crash raises before training, a NaN fault poisons
-    the weights sent (drops and stragglers are acted out by the server, fedcls.apps.federation)."""
+    the weights sent (drops and stragglers are acted out by the server half, FaultDelivery)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -149,5 +149,19 @@ class FaultInjection(ClientHalf):
         return poisoned(weights) if fault_of(self.cfg, job.round, job.site) == "nan" else weights
 
 
-FEATURE = Feature("faults", lambda cfg: bool(cfg.faults.crash_prob or cfg.faults.nan_prob),
-                  client=FaultInjection)
+class FaultDelivery(Extension):
+    """The server half of fault injection: a dropped client's message is never delivered, a
+    straggler's reply arrives faults.straggler_delay seconds late (left out past the deadline)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def withhold(self, rnd: int, messages: list, site_of_node: dict[int, int]) -> tuple[list, list[int]]:
+        return outgoing(self.cfg, rnd, messages, site_of_node)
+
+    def arrived(self, rnd: int, replies: list, site_of_node: dict[int, int], sent_at: float) -> list:
+        return delay_stragglers(self.cfg, rnd, replies, site_of_node, sent_at)
+
+
+FEATURE = Feature("faults", lambda cfg: any(cfg.faults.probabilities().values()),
+                  server=lambda cfg, data: FaultDelivery(cfg), client=FaultInjection)

@@ -224,13 +224,17 @@ def _round(grid: SiteOrderedGrid, cfg: Config, rnd: int, arrays: ArrayRecord, st
     grid.active_sites = None  # every site may evaluate
     for ext in extensions:
         messages = ext.outgoing(messages)
-    messages, dropped = faults.outgoing(cfg, rnd, messages, grid.site_of_node)
+    dropped = []
+    for ext in extensions:
+        messages, withheld = ext.withhold(rnd, messages, grid.site_of_node)
+        dropped += withheld
     train_started = time.perf_counter()
     replies = list(grid.send_and_receive(messages, timeout=cfg.faults.round_timeout or None))
-    replies = faults.delay_stragglers(cfg, rnd, replies, grid.site_of_node, train_started)
+    for ext in extensions:
+        replies = ext.arrived(rnd, replies, grid.site_of_node, train_started)
     train_seconds = time.perf_counter() - train_started
     replies, failed = faults.screen(messages, replies, grid.site_of_node)
-    failed = {"dropped": dropped, **failed}
+    failed = {"dropped": sorted(dropped), **failed}
     recorder.client_errors(rnd, _failure_details(replies, grid.site_of_node, "train"))
     for ext in extensions:
         replies = ext.incoming(replies)
