@@ -58,7 +58,9 @@ def test_an_interrupted_sweep_run_continues_only_with_its_own_config_and_a_good_
     (tmp_path / "config.yaml").write_text(to_yaml(cfg))
     assert not _resumable(tmp_path, cfg)  # no checkpoint yet
     torch.save({"round": 1, "strategy": pickle.dumps(None), "extensions": pickle.dumps([])},
-               tmp_path / "checkpoint.pt")
+               tmp_path / "checkpoint.pt")  # the pickled format of version 1: never loaded, so started again
+    assert not _resumable(tmp_path, cfg)
+    torch.save({"version": 2, "round": 1, "strategy": {}, "extensions": []}, tmp_path / "checkpoint.pt")
     assert _resumable(tmp_path, cfg)
     assert not _resumable(tmp_path, compose(["num_clients=4"]))  # another config: start again
     (tmp_path / "checkpoint.pt").write_bytes(b"torn")

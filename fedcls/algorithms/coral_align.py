@@ -84,15 +84,14 @@ def evaluation_hooks(cfg: Config, inbox: dict) -> list[Hook]:
 class RecolourServer(Extension):
     """The server's half: the sources' pooled statistics under the evaluated weights, to the targets."""
 
+    TRANSIENT = ("grid", "payload")  # the round's, not state: a checkpoint leaves them out
+
     def __init__(self, cfg: Config):
         self.cfg, self.targets = cfg, set(cfg.domain.targets)
-        self.grid = None
+        self.grid = self.payload = None
 
     def before_train(self, rnd: int, arrays: ArrayRecord, grid, payload: ConfigRecord) -> None:
         self.grid, self.payload = grid, payload  # the round's, for its evaluation's queries
-
-    def __getstate__(self) -> dict:  # checkpoints pickle extensions: not the grid
-        return {**self.__dict__, "grid": None, "payload": None}
 
     def outgoing_evaluate(self, rnd: int, arrays: ArrayRecord, messages: list) -> list:
         site_of = dict(self.grid.site_of_node)

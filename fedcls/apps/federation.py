@@ -184,8 +184,8 @@ def run_federation(grid: Grid, cfg: Config, data: FederatedData, recorder: Recor
     recorder.start(data)
     strategy, extensions, first = build_strategy(cfg), extensions_for(cfg, data), 1
     if resume is not None:
-        strategy, extensions, first = resume["strategy"], resume["extensions"], resume["round"] + 1
-        arrays = ArrayRecord(resume["arrays"])
+        checkpoint.restore_into(resume, strategy, extensions)
+        first, arrays = resume["round"] + 1, ArrayRecord(resume["arrays"])
         recorder.resume_from(resume["rows"], resume["extras"])
         checkpoint.restore_rng(resume)
     federation = federation_info(data.dataset)

@@ -1,0 +1,100 @@
+"""Server state as data: what a checkpoint keeps of the strategy and the server extensions, in a form
+``torch.load(weights_only=True)`` reads without running code (issue 16: a crafted checkpoint must
+not execute anything).
+
+``encode(obj)`` keeps an object's attributes that are state -- numbers, strings, tensors, numpy
+arrays and scalars, Flower ArrayRecords, and lists, tuples, dicts and plain objects of these --
+and leaves out what its constructor rebuilds from the config (functions, the config itself, torch
+modules and devices) or the object names in its ``TRANSIENT`` attribute (the round's grid, say).
+``restore(obj, state)`` writes that state into a freshly built object of the
+same config. A type it does not know stops the save with its name, so no state is silently lost.
+Hand-written: pickle runs code on load, and torch's weights_only format holds tensors and plain
+containers, not objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+
+TAG = "__fedcls__"  # marks an encoded value that is not a plain container: {TAG: kind, "v": ...}
+REBUILT = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, torch.nn.Module, torch.device,
+           type, types.ModuleType)
+
+
+def encode(obj: object) -> dict:
+    """The state attributes of `obj` (see the module docstring)."""
+    transient = set(getattr(obj, "TRANSIENT", ()))
+    return {name: encoded for name, value in vars(obj).items() if name not in transient
+            and (encoded := _value(value, f"{type(obj).__name__}.{name}")) is not _SKIP}
+
+
+def restore(obj: object, state: dict) -> None:
+    """Write `state` (from ``encode``) into `obj`, a fresh object built from the same config."""
+    for name, value in state.items():
+        if isinstance(value, dict) and value.get(TAG) == "object":
+            restore(getattr(obj, name), value["v"])
+        else:
+            setattr(obj, name, _decoded(value))
+
+
+class _Skip:
+    pass
+
+
+_SKIP = _Skip()
+
+
+def _value(value: object, where: str):
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    if isinstance(value, REBUILT) or dataclasses.is_dataclass(value) or callable(value):
+        return _SKIP  # rebuilt from the config by the constructor
+    if isinstance(value, (np.ndarray, np.generic)):
+        return _array(value, where)
+    if isinstance(value, ArrayRecord):
+        return {TAG: "arrayrecord", "v": value.to_torch_state_dict()}
+    if isinstance(value, (list, tuple)):
+        items = [_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if any(v is _SKIP for v in items):
+            raise TypeError(f"{where} holds a value a checkpoint cannot keep as data")
+        return items if isinstance(value, list) else {TAG: "tuple", "v": items}
+    if isinstance(value, dict):
+        if not all(isinstance(k, (str, int)) for k in value):
+            raise TypeError(f"{where} has keys that are not strings or integers")
+        return {TAG: "dict", "v": [[k, _value(v, f"{where}[{k!r}]")] for k, v in value.items()]}
+    if hasattr(value, "__dict__"):
+        return {TAG: "object", "v": encode(value)}
+    raise TypeError(f"{where} is a {type(value).__name__}, which a checkpoint cannot keep as data")
+
+
+def _array(value: np.ndarray | np.generic, where: str) -> dict:
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{where} is a numpy array of {array.dtype}, which a checkpoint cannot keep as data")
+    wide = array.astype(np.float64 if array.dtype.kind == "f" else np.int64)  # every dtype torch can hold
+    return {TAG: "ndarray" if isinstance(value, np.ndarray) else "npscalar", "dtype": array.dtype.str,
+            "v": torch.from_numpy(np.ascontiguousarray(wide.reshape(-1) if wide.ndim == 0 else wide))}
+
+
+def _decoded(value: object):
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    if not isinstance(value, dict) or TAG not in value:
+        return value
+    kind, inner = value[TAG], value["v"]
+    if kind == "ndarray":
+        return inner.numpy().astype(np.dtype(value["dtype"]))
+    if kind == "npscalar":
+        return inner.numpy().astype(np.dtype(value["dtype"]))[0]
+    if kind == "arrayrecord":
+        return ArrayRecord(inner)
+    if kind == "tuple":
+        return tuple(_decoded(v) for v in inner)
+    if kind == "dict":
+        return {k: _decoded(v) for k, v in inner}
+    raise ValueError(f"unknown encoded kind {kind!r}")
