@@ -183,6 +183,14 @@ class FaultsConfig:
 
 
 @dataclass
+class ScreeningConfig:
+    max_examples: int = opt(0, "the most num-examples a site's training reply may claim (0: the site's "
+                            "training samples in the server's data; set it when sites hold their own data)", ge=0)
+    norm_ratio: float = opt(0.0, "reject an update longer than this many times the round's median update "
+                            "(0: off; rounds with 3+ replies)", ge=0)
+
+
+@dataclass
 class Config:
     """A run's config (see ``schema_text`` for every key)."""
 
@@ -219,6 +227,8 @@ class Config:
                                 hint="0: none")
     faults: FaultsConfig = field(default_factory=FaultsConfig, metadata={
         "help": "injected, seeded by (seed, round, site), recorded per round"})
+    screening: ScreeningConfig = field(default_factory=ScreeningConfig, metadata={
+        "help": "the server's checks on each training reply (fedcls.apps.screening)"})
     verbose: bool = opt(False, "show Flower and Ray logs")
 
     @classmethod

@@ -45,7 +45,7 @@ CASES = [  # (arguments, words the message must contain)
     (["dataset=imagefolder", "data.image_folder={tmp}/empty"], "has no train/ folder"),
     (["resume={tmp}/nothing"], "no run folder there"),
     (["resume={tmp}/run_without_checkpoint"], "has no checkpoint.pt"),
-    (["resume={tmp}/run_with_corrupt_checkpoint"], "is corrupt"),
+    (["resume={tmp}/run_with_corrupt_checkpoint"], "is not a fedcls checkpoint that loads as data"),
     (["resume={tmp}/run_without_checkpoint", "rounds=5"], "takes the run's own config"),
 ]
 

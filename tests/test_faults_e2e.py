@@ -22,7 +22,7 @@ def test_training_goes_on_through_injected_faults_and_counts_them(cli, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     cfg = compose(ARGS)
     for row in rows:
-        expected = {reason: [] for reason in REASON.values()}
+        expected = {reason: [] for reason in (*REASON.values(), "rejected")}  # no reply is malformed
         for site in range(20):
             if (fault := fault_of(cfg, row["round"], site)) is not None:
                 expected[REASON[fault]].append(site)

@@ -5,7 +5,7 @@ run's faults are reproducible and a test can recompute them: ``drop`` (the serve
 from it: its message is not delivered), ``crash`` (the ClientApp raises), ``nan`` (it returns
 non-finite weights) or ``straggler`` (its reply reaches the server ``straggler_delay`` s late;
 with a ``round_timeout`` the server stops waiting at the deadline and counts it late). The server rejects non-finite
-updates, aggregates the rest, and stops the run (resumable from its checkpoint) when fewer than
+updates (with every other invalid reply: fedcls.apps.screening), aggregates the rest, and stops the run (resumable from its checkpoint) when fewer than
 ``min_train_nodes`` usable replies arrive. Each round's metrics.jsonl row lists the sites that
 failed, by reason, under ``faults``. Faults apply to training messages only.
 
@@ -111,28 +111,6 @@ def divergence_hint(cfg: Config, usable: int, failed: dict) -> str:
     hint += f"; or {', '.join(steps)}" if steps else ""
     injected = " (faults.nan_prob also injects non-finite updates)" if cfg.faults.nan_prob else ""
     return hint + "." + injected
-
-
-def _finite(msg: Message) -> bool:
-    for record in msg.content.array_records.values():
-        for array in record.values():
-            values = array.numpy()
-            if values.dtype.kind == "f" and not np.isfinite(values).all():
-                return False
-    return True
-
-
-def screen(sent: list[Message], replies: list[Message], site_of_node: dict[int, int]):
-    """(usable replies, {reason: sites}) of a round's training exchange."""
-    answered = {m.metadata.src_node_id for m in replies}
-    late = sorted(site_of_node.get(m.metadata.dst_node_id, -1) for m in sent
-                  if m.metadata.dst_node_id not in answered)
-    crashed = sorted(site_of_node.get(m.metadata.src_node_id, -1) for m in replies if m.has_error())
-    bad = [m for m in replies if not m.has_error() and not _finite(m)]
-    non_finite = sorted(site_of_node.get(m.metadata.src_node_id, -1) for m in bad)
-    bad_ids = {id(m) for m in bad}
-    usable = [m for m in replies if id(m) not in bad_ids]
-    return usable, {"late": late, "crashed": crashed, "non_finite": non_finite}
 
 
 class FaultInjection(ClientHalf):

@@ -26,6 +26,7 @@ from fedcls.apps import faults
 from fedcls.apps.client_app import SITE_KEY
 from fedcls.apps.features import extensions_for
 from fedcls.apps.payload import CONFIG_KEY, Payload
+from fedcls.apps.screening import ReplyScreen
 from fedcls.data.federated import FederatedData
 from fedcls.data.site_folders import federation_info
 from fedcls.data.sources import Dataset
@@ -120,6 +121,12 @@ def discover_sites(grid: Grid, expected: int) -> dict[int, int]:
             for m in replies if not m.has_error()}
 
 
+def site_local_keys(cfg: Config, ds: Dataset) -> set[str]:
+    """Weights the strategy keeps at the sites (FedBN's BatchNorm): a reply may leave them out."""
+    model = build_model(cfg.model, ds.shape, ds.num_classes)
+    return set().union(*(h.local_keys(model) for h in strategies.get(cfg.strategy.name).evaluation_hooks()))
+
+
 def global_evaluator(cfg: Config, ds: Dataset):
     """(initial weights, evaluate(arrays) -> (loss, accuracy) on the global test set)."""
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
@@ -183,6 +190,7 @@ def run_federation(grid: Grid, cfg: Config, data: FederatedData, recorder: Recor
     arrays, evaluate_global = global_evaluator(cfg, data.dataset)
     recorder.start(data)
     strategy, extensions, first = build_strategy(cfg), extensions_for(cfg, data), 1
+    screen = ReplyScreen(cfg, data, arrays, site_local_keys(cfg, data.dataset))
     if resume is not None:
         checkpoint.restore_into(resume, strategy, extensions)
         first, arrays = resume["round"] + 1, ArrayRecord(resume["arrays"])
@@ -193,7 +201,7 @@ def run_federation(grid: Grid, cfg: Config, data: FederatedData, recorder: Recor
         saved = ({"dir": str(client_state_dir), "upto": _last_checkpoint(cfg, rnd)}
                  if client_state_dir is not None else None)  # clients write their state; a resume reads it up to here
         payload = Payload(cfg, federation, saved).to_json()
-        arrays = _round(grid, cfg, rnd, arrays, strategy, extensions, payload, recorder, evaluate_global)
+        arrays = _round(grid, cfg, rnd, arrays, strategy, extensions, screen, payload, recorder, evaluate_global)
         if _checkpoint_due(cfg, rnd):
             checkpoint.save(recorder.run_dir, rnd, arrays.to_torch_state_dict(), strategy, extensions,
                             recorder.rows, recorder.extras)
@@ -212,7 +220,7 @@ def _last_checkpoint(cfg: Config, rnd: int) -> int:
 
 
 def _round(grid: SiteOrderedGrid, cfg: Config, rnd: int, arrays: ArrayRecord, strategy, extensions,
-           payload: str, recorder: Recorder, evaluate_global) -> ArrayRecord:
+           screen: ReplyScreen, payload: str, recorder: Recorder, evaluate_global) -> ArrayRecord:
     """One round: train (with injected faults screened), aggregate, evaluate, record."""
     started, started_at = time.perf_counter(), time.time()
     random.seed(f"{cfg.seed}-{rnd}")  # Flower's node sampling draws from `random`
@@ -233,9 +241,10 @@ def _round(grid: SiteOrderedGrid, cfg: Config, rnd: int, arrays: ArrayRecord, st
     for ext in extensions:
         replies = ext.arrived(rnd, replies, grid.site_of_node, train_started)
     train_seconds = time.perf_counter() - train_started
-    replies, failed = faults.screen(messages, replies, grid.site_of_node)
-    failed = {"dropped": sorted(dropped), **failed}
-    recorder.client_errors(rnd, _failure_details(replies, grid.site_of_node, "train"))
+    screened = screen.screen(messages, replies, grid.site_of_node, arrays)
+    replies, failed = screened.usable, {"dropped": sorted(dropped), **screened.failed}
+    recorder.client_errors(rnd, _failure_details(replies, grid.site_of_node, "train")
+                           + [(site, "train", f"rejected: {why}") for site, why in screened.rejected])
     for ext in extensions:
         replies = ext.incoming(replies)
     usable = sum(not m.has_error() for m in replies)
@@ -266,7 +275,8 @@ def _round(grid: SiteOrderedGrid, cfg: Config, rnd: int, arrays: ArrayRecord, st
         "train": {k: v for k, v in dict(train_metrics or {}).items() if k not in PER_CLIENT},
         "clients": dict(client_metrics or {}),
         "sampled": len(messages) + len(dropped), "trained": _trained_sites(replies),
-        "failures": _failures(replies) + _failures(eval_replies),
+        "failures": (_failures(replies) + [f"site {site} rejected: {why}" for site, why in screened.rejected]
+                     + _failures(eval_replies)),
         "faults": failed, "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
         "started_at": started_at, **extra,
     })

@@ -7,6 +7,7 @@ atomically at the end, also when the run is interrupted or fails, so nothing com
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -44,6 +45,22 @@ def new_run_dir(cfg: Config) -> Path:
         path = base / f"{name}-{n}"
     path.mkdir(parents=True)
     return path
+
+
+def to_json(value, indent: int | None = None) -> str:
+    """Strict JSON: a NaN or infinite number (a diverged loss) is written as null, never as the bare
+    NaN that JSON readers refuse."""
+    return json.dumps(_finite_or_null(value), indent=indent, allow_nan=False)
+
+
+def _finite_or_null(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -93,7 +110,7 @@ class Recorder:
         row = {"round": rnd, **metrics, "elapsed": time.time() - self.started}
         self.rows.append(row)
         with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(to_json(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.interim()
@@ -108,7 +125,7 @@ class Recorder:
     def resume_from(self, rows: list[dict], extras: dict) -> None:
         """Continue a run from a checkpoint: its rows (metrics.jsonl rewritten to exactly them)."""
         self.rows, self.extras = list(rows), dict(extras)
-        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        write_atomic(self.metrics_path, "".join(to_json(r) + "\n" for r in rows))
 
     def summary(self, status: str, error: str | None = None) -> dict:
         accs = [r["accuracy"] for r in self.rows]
@@ -134,7 +151,7 @@ class Recorder:
 
     def write_summary(self, status: str, error: str | None = None) -> dict:
         summary = self.summary(status, error)
-        write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        write_atomic(self.run_dir / "summary.json", to_json(summary, indent=2))
         return summary
 
     def finish(self, status: str = "completed", state_dict=None, error: str | None = None) -> dict:
