@@ -4,6 +4,8 @@ the key and the fix."""
 
 from __future__ import annotations
 
+import re
+
 from fedcls.errors import ConfigError, unknown_name
 from fedcls.schema import Config
 
@@ -32,6 +34,10 @@ def check_names(cfg: Config) -> None:
 
 def check_across_keys(cfg: Config) -> None:
     """Values that are only impossible together (each key's own range is the schema's)."""
+    _require(cfg.run_id is None or (re.fullmatch(r"[A-Za-z0-9._=-]+", cfg.run_id) is not None
+                                     and cfg.run_id not in (".", "..")),
+             f"run_id must be a plain folder name (letters, digits, . _ = -), got {cfg.run_id!r}: the run folder "
+             f"is created under output_dir")
     _require(cfg.data.local_test_fraction > 0 or not cfg.domain.targets,
              "data.local_test_fraction=0 leaves the target sites (domain.targets) no labelled test split "
              "to measure target_accuracy on: set data.local_test_fraction > 0 (e.g. 0.2)")

@@ -37,9 +37,9 @@ def load_scenario(name: str) -> dict:
             raise ConfigError(f"scenario file not found: {path}")
         raise unknown_name("scenario", name, scenario_names(), key="scenario")
     try:
-        content = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"scenario file {path} is not valid YAML: {err}") from None
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"scenario file {path} is not valid UTF-8 YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(content, dict):
         raise ConfigError(f"scenario file {path} must hold a mapping of config keys")
     return content
@@ -88,7 +88,12 @@ def compose(args: list[str]) -> Config:
 
 def load_config(values: dict) -> Config:
     """The typed, validated config of a plain dict (composed here, or a run's config.yaml)."""
-    values = {**values, "strategy": _with_strategy_defaults(values.get("strategy", {"name": "fedavg"}))}
+    node = values.get("strategy", {"name": "fedavg"})
+    if isinstance(node, str):
+        node = {"name": node}
+    if not isinstance(node, dict):
+        raise ConfigError(f"strategy must be a strategy name or a section (name: ..., <param>: ...), got {node!r}")
+    values = {**values, "strategy": _with_strategy_defaults(node)}
     cfg = Config.from_dict(values)
     validate(cfg)
     return cfg

@@ -81,7 +81,8 @@ class DataConfig:
                               choices=("full", "mnist"))
     image_folder: str | None = opt(None, "dataset=imagefolder: folder with train/<class>/<image> "
                                    "(+ test/<class>/...)")
-    image_size: int = opt(0, "dataset=imagefolder: resize images to this size (0: the first image's)", ge=0)
+    image_size: int = opt(0, "dataset=imagefolder: resize images to this size (0: the first image's)", ge=0,
+                          le=1024, hint="pixels a side; 0: the first image's")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig,
                                        metadata={"help": "dataset=synthetic: Gaussian class clusters"})
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from fedcls.errors import UserError
 from fedcls.schema import Config
 
 ERROR_FILE = "error.txt"  # a failed run's traceback, versions and command
@@ -39,12 +40,18 @@ def new_run_dir(cfg: Config) -> Path:
     scenario = Path(scenario).stem if scenario.endswith((".yaml", ".yml")) else scenario
     name = cfg.run_id or (f"{datetime.now():%Y%m%d-%H%M%S}-{scenario}-"
                              f"{cfg.strategy.name}-s{cfg.seed}")
-    base, path, n = Path(cfg.output_dir), Path(cfg.output_dir) / name, 1
-    while path.exists():
-        n += 1
-        path = base / f"{name}-{n}"
-    path.mkdir(parents=True)
-    return path
+    base = Path(cfg.output_dir).expanduser()
+    for n in range(1, 10_000):  # mkdir is the claim: two runs with one run_id get two folders
+        path = base / (name if n == 1 else f"{name}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise UserError(f"cannot create the run folder {path} ({err.strerror}): set output_dir to a "
+                            f"writable folder") from None
+    raise UserError(f"{base} already holds 9999 runs named {name}: choose another run_id or output_dir")
 
 
 def to_json(value, indent: int | None = None) -> str:
