@@ -175,7 +175,9 @@ class FaultsConfig:
     straggler_prob: float = opt(0.0, "the client answers straggler_delay seconds late", ge=0, le=1)
     straggler_delay: float = opt(10.0, "seconds", ge=0, hint="seconds")
     round_timeout: float = opt(0.0, "seconds the server waits for training replies (0: no limit); later ones "
-                               "are dropped", ge=0, hint="seconds; 0: no limit")
+                               "are dropped. Not in the first round a run (or a resume) starts, which also "
+                               "starts the actors; injected stragglers miss it there too",
+                               ge=0, hint="seconds; 0: no limit")
     min_train_nodes: int = opt(1, "fewer usable replies in a round stop the run (resumable from its "
                                "checkpoint)", ge=1, hint="and at most num_clients")
 

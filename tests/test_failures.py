@@ -198,3 +198,27 @@ def test_a_failed_ray_run_leaves_its_traceback_and_one_console_line(tmp_path, ca
     assert summary["status"] == "failed" and summary["error_file"] == "error.txt"
     clients = (run_dir / "client_errors.txt").read_text()
     assert clients.count("round 1, site ") == 2 and clients.count(", in client_side\n") == 2  # remote frames
+
+
+def test_round_timeout_binds_from_the_second_round_a_process_runs(monkeypatch, tmp_path):
+    """Round 1 also starts the actors and builds their data: its real replies have no deadline."""
+    from fedcls.apps.cohort.worker import CohortWorker
+    from fedcls.apps.federation import run_federation
+    from fedcls.data.federated import federated_data
+    from fedcls.engine.cohort_grid import CohortGrid
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+    cfg = compose([*SMALL, "rounds=3", "faults.round_timeout=7", "checkpoint_every=0"])
+    grid = CohortGrid(3, [CohortWorker()], echo=lambda line: None)
+    deadlines, send = [], grid.send_and_receive
+
+    def recording(messages, timeout=None):
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == "train":
+            deadlines.append(timeout)
+        return send(messages, timeout)
+
+    monkeypatch.setattr(grid, "send_and_receive", recording)
+    run_federation(grid, cfg, federated_data(cfg), Recorder(tmp_path / "run", cfg, echo=lambda line: None))
+    assert deadlines == [None, 7.0, 7.0]

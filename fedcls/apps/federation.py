@@ -201,7 +201,11 @@ def run_federation(grid: Grid, cfg: Config, data: FederatedData, recorder: Recor
         saved = ({"dir": str(client_state_dir), "upto": _last_checkpoint(cfg, rnd)}
                  if client_state_dir is not None else None)  # clients write their state; a resume reads it up to here
         payload = Payload(cfg, federation, saved).to_json()
-        arrays = _round(grid, cfg, rnd, arrays, strategy, extensions, screen, payload, recorder, evaluate_global)
+        # the first round a process runs also starts every actor and builds its data and model: no
+        # deadline for the real replies then (injected stragglers still miss theirs: FaultDelivery)
+        timeout = (cfg.faults.round_timeout or None) if rnd > first else None
+        arrays = _round(grid, cfg, rnd, arrays, strategy, extensions, screen, payload, recorder, evaluate_global,
+                        timeout)
         if _checkpoint_due(cfg, rnd):
             checkpoint.save(recorder.run_dir, rnd, arrays.to_torch_state_dict(), strategy, extensions,
                             recorder.rows, recorder.extras)
@@ -220,7 +224,8 @@ def _last_checkpoint(cfg: Config, rnd: int) -> int:
 
 
 def _round(grid: SiteOrderedGrid, cfg: Config, rnd: int, arrays: ArrayRecord, strategy, extensions,
-           screen: ReplyScreen, payload: str, recorder: Recorder, evaluate_global) -> ArrayRecord:
+           screen: ReplyScreen, payload: str, recorder: Recorder, evaluate_global,
+           timeout: float | None) -> ArrayRecord:
     """One round: train (with injected faults screened), aggregate, evaluate, record."""
     started, started_at = time.perf_counter(), time.time()
     random.seed(f"{cfg.seed}-{rnd}")  # Flower's node sampling draws from `random`
@@ -237,7 +242,7 @@ def _round(grid: SiteOrderedGrid, cfg: Config, rnd: int, arrays: ArrayRecord, st
         messages, withheld = ext.withhold(rnd, messages, grid.site_of_node)
         dropped += withheld
     train_started = time.perf_counter()
-    replies = list(grid.send_and_receive(messages, timeout=cfg.faults.round_timeout or None))
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
     for ext in extensions:
         replies = ext.arrived(rnd, replies, grid.site_of_node, train_started)
     train_seconds = time.perf_counter() - train_started
