@@ -11,6 +11,7 @@ from pathlib import Path
 from fedcls.data.federated import FederatedData, federated_data
 from fedcls.errors import Interrupted, UserError
 from fedcls.outputs import checkpoint
+from fedcls.outputs.locks import holding
 from fedcls.outputs.results import Recorder, new_run_dir
 from fedcls.schema import Config
 
@@ -19,6 +20,13 @@ def run(cfg: Config, echo=print, resume_dir: Path | None = None) -> int:
     """Run `cfg` (or continue the run in `resume_dir` from its checkpoint); 0 when completed,
     1 when the run failed (its traceback in <run folder>/error.txt); raises fedcls.errors.Interrupted
     (exit code 130) on Ctrl-C. ``echo`` prints the per-round lines (None: silent, as in a sweep)."""
+    if resume_dir is not None:  # a second resume of the same folder meets its lock
+        with holding(Path(resume_dir), "the run folder"):
+            return _run(cfg, echo, resume_dir)
+    return _run(cfg, echo, None)
+
+
+def _run(cfg: Config, echo, resume_dir: Path | None) -> int:
     started = time.time()
     data = federated_data(cfg)  # missing data or an impossible partition stops here, with exit 2
     resume = checkpoint.load(resume_dir) if resume_dir else None

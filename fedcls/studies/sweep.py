@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from fedcls.errors import ConfigError, UserError, run_cli
+from fedcls.outputs.locks import holding
 from fedcls.schema import Config
 
 
@@ -128,7 +129,23 @@ def sweep(args: list[str]) -> int:
         raise ConfigError("name the study: name=<study> (or output_dir=<folder>)")
     study = Path(fixed.get("output_dir") or Path("results/studies") / fixed["name"])
     runs_dir = study / "runs"
+    if not points:
+        raise ConfigError("the grid is empty: give each swept key at least one value, e.g. seed=0,1,2")
+    _check_points(common, points, runs_dir)  # a typo fails here, once, before Ray starts
     runs_dir.mkdir(parents=True, exist_ok=True)
+    with holding(study, "the study"):
+        return _sweep(args, study, common, points)
+
+
+def _check_points(common: list[str], points: list[list[str]], runs_dir: Path) -> None:
+    from fedcls.config import compose
+
+    for point in points:
+        compose([*common, *point, f"output_dir={runs_dir}", f"run_id={run_id_of(point)}"])
+
+
+def _sweep(args: list[str], study: Path, common: list[str], points: list[list[str]]) -> int:
+    runs_dir = study / "runs"
     record_study(study, " ".join(["python -m fedcls.sweep", *args]), [run_id_of(p) for p in points])
     refuse_collisions(common, points, runs_dir)
     todo = [p for p in points if not is_finished(runs_dir / run_id_of(p))]
