@@ -78,3 +78,35 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     torch.save(old, tmp_path / checkpoint.FILE)
     with pytest.raises(UserError, match="format version 1, this fedcls reads version 2"):
         checkpoint.load(tmp_path)
+
+
+@pytest.mark.parametrize("args", [
+    ["scenario=digits_shift", "coral.enabled=true", "coral.align=recolour", "num_clients=3", "domain.targets=[2]"],
+    ["faults.drop_prob=0.1", "faults.straggler_prob=0.1"],
+    ["scenario=continual_classes", "continual.method=ewc", "continual.aggregate_importances=true"],
+], ids=["coral-recolour-domain", "faults", "continual"])
+def test_every_feature_server_half_is_kept_as_data_and_restored(args, tmp_path):
+    from fedcls.apps.features import extensions_for
+    from fedcls.data.federated import federated_data
+    from fedcls.outputs.state_codec import encode, restore
+
+    cfg = compose(args)
+    data = federated_data(cfg)
+    built = extensions_for(cfg, data)
+    assert built
+    torch.save([encode(ext) for ext in built], tmp_path / "state.pt")
+    fresh = extensions_for(cfg, data)
+    for ext, state in zip(fresh, torch.load(tmp_path / "state.pt", weights_only=True)):
+        restore(ext, state)
+    for old, new in zip(built, fresh):
+        assert _same(encode(new), encode(old))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b

@@ -4,7 +4,8 @@ when
 
 - its weights are not the global model's: an unexpected or missing array (a strategy that keeps
   layers at the sites, FedBN, may leave out its BatchNorm), another shape or dtype, a non-finite value;
-- its ``num-examples`` is not a whole number in [0, the site's training samples] (the weight every
+- its ``num-examples`` is not a whole number in [0, the site's training samples, plus the replay
+  memory in a continual run] (the weight every
   FedAvg-style mean gives it: one site claiming 10**12 examples would otherwise own the average);
   ``screening.max_examples`` sets the bound where the server does not hold the sites' data;
 - a metric it reports is not a finite number;
@@ -46,7 +47,8 @@ class ReplyScreen:
         site's model sends back: an aggregate may change a dtype, Flower's mean of integer counters)."""
         self.cfg, self.site_local_keys = cfg, set(site_local_keys)
         self.expected = {k: (tuple(a.shape), a.dtype) for k, a in initial.items()}
-        sizes = [len(site.train_idx) for site in data.sites]
+        replay = cfg.continual.memory_size if cfg.continual.kind != "none" and "replay" in cfg.continual.method else 0
+        sizes = [len(site.train_idx) + replay for site in data.sites]  # replay: an experience + the memory
         if cfg.backend.pre_aggregate:
             sizes = [sum(sizes)] * len(sizes)  # a cohort's first reply carries the cohort's examples
         bound = cfg.screening.max_examples

@@ -63,6 +63,11 @@ def _value(value: object, where: str):
         if any(v is _SKIP for v in items):
             raise TypeError(f"{where} holds a value a checkpoint cannot keep as data")
         return items if isinstance(value, list) else {TAG: "tuple", "v": items}
+    if isinstance(value, (set, frozenset)):
+        items = sorted(value, key=repr)
+        if not all(isinstance(v, (bool, int, float, str)) for v in items):
+            raise TypeError(f"{where} is a set of values a checkpoint cannot keep as data")
+        return {TAG: "set", "v": items}
     if isinstance(value, dict):
         if not all(isinstance(k, (str, int)) for k in value):
             raise TypeError(f"{where} has keys that are not strings or integers")
@@ -95,6 +100,8 @@ def _decoded(value: object):
         return ArrayRecord(inner)
     if kind == "tuple":
         return tuple(_decoded(v) for v in inner)
+    if kind == "set":
+        return set(inner)
     if kind == "dict":
         return {k: _decoded(v) for k, v in inner}
     raise ValueError(f"unknown encoded kind {kind!r}")
