@@ -106,13 +106,21 @@ def deploy(tmp_path: Path, overrides: str, certs: Path | None = None, intruder: 
         result = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "rehearsal", "--stream", "--run-config",
                                  f"overrides='{run_config}'"], env=env, capture_output=True, text=True,
                                 timeout=600)
-        deadline = time.time() + 120  # the ServerApp writes summary.json as the run ends
-        while not (out / "summary.json").exists() and time.time() < deadline:
+        deadline = time.time() + 120  # the ServerApp's final summary.json comes as the run ends
+        while _status(out) not in ("completed", "failed") and time.time() < deadline:
             time.sleep(1)
-        assert (out / "summary.json").exists(), result.stdout[-3000:] + result.stderr[-2000:]
+        assert _status(out) is not None, result.stdout[-3000:] + result.stderr[-2000:]
     finally:
         stop(procs)
     return out
+
+
+def _status(run: Path) -> str | None:
+    """summary.json's status (a run writes one as it starts: interrupted until it ends), or None."""
+    try:
+        return json.loads((run / "summary.json").read_text())["status"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def rows_of(run: Path) -> list[dict]:

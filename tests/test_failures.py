@@ -222,3 +222,36 @@ def test_round_timeout_binds_from_the_second_round_a_process_runs(monkeypatch, t
     monkeypatch.setattr(grid, "send_and_receive", recording)
     run_federation(grid, cfg, federated_data(cfg), Recorder(tmp_path / "run", cfg, echo=lambda line: None))
     assert deadlines == [None, 7.0, 7.0]
+
+
+def test_a_run_killed_before_round_1_leaves_a_summary_and_resume_commands_are_quoted(tmp_path):
+    import shlex
+
+    cfg = compose(SMALL)
+    folder = tmp_path / "a run folder"
+    recorder = Recorder(folder, cfg, echo=lambda line: None)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["rounds_completed"] == 0
+    (folder / "checkpoint.pt").write_bytes(b"")
+    command = recorder.summary("interrupted")["resume_with"]
+    assert shlex.split(command)[-1] == f"resume={folder}"
+
+
+def test_nodes_that_fail_discovery_are_reported_as_such_not_as_a_roster_to_fix(monkeypatch):
+    from flwr.app import Message
+    from flwr.app.error import Error
+
+    from fedcls.apps.federation import discover_sites
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+
+    class Broken:
+        def get_node_ids(self):
+            return [1, 2]
+
+        def send_and_receive(self, messages, timeout=None):
+            return [Message(Error(code=0, reason="actor died while starting"), reply_to=m) for m in messages]
+
+    with pytest.raises(RuntimeError, match="2 of 2 nodes failed to say which site they serve .*actor died"):
+        discover_sites(Broken(), 2)

@@ -117,8 +117,10 @@ def discover_sites(grid: Grid, expected: int) -> dict[int, int]:
         time.sleep(0.2)
     messages = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in nodes]
     replies = grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S)
-    return {m.metadata.src_node_id: int(m.content["site"][SITE_KEY])
-            for m in replies if not m.has_error()}
+    if failed := [m for m in replies if m.has_error()]:  # not a roster problem: the nodes did not answer
+        raise RuntimeError(f"{len(failed)} of {len(nodes)} nodes failed to say which site they serve "
+                           f"(first: {short_reason(str(failed[0].error.reason))[:300]})")
+    return {m.metadata.src_node_id: int(m.content["site"][SITE_KEY]) for m in replies}
 
 
 def site_local_keys(cfg: Config, ds: Dataset) -> set[str]:

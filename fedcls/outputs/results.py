@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 import traceback
@@ -107,6 +108,8 @@ class Recorder:
         write_atomic(self.run_dir / "config.yaml", to_yaml(cfg))
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.metrics_path.touch()
+        if not (self.run_dir / "summary.json").exists():
+            self.interim()  # a run killed before its first round still leaves a summary that says so
 
     def start(self, data) -> None:
         """Note the partition (clients x classes counts) once the data is built."""
@@ -152,7 +155,7 @@ class Recorder:
             "versions": versions(), "command": " ".join(sys.argv), **self.extras,
             **({"error_file": self.error_file} if self.error_file and status != "completed" else {}),
             **({"client_errors": CLIENT_ERRORS_FILE} if (self.run_dir / CLIENT_ERRORS_FILE).exists() else {}),
-            **({"resume_with": f"python -m fedcls.simulate resume={self.run_dir}"}
+            **({"resume_with": f"python -m fedcls.simulate {shlex.quote(f'resume={self.run_dir}')}"}
                if status != "completed" and (self.run_dir / "checkpoint.pt").exists() else {}),
         }
 
