@@ -153,3 +153,20 @@ def test_a_sweep_refuses_to_skip_finished_runs_of_another_config(tmp_path, capsy
     args = [f"output_dir={tmp_path}", "strategy=fedyogi", "strategy.eta=0.01,0.1"]
     assert sweep_main(args) == 2
     assert "strategy=choice(fedyogi)" in capsys.readouterr().err
+
+
+def test_a_corrupt_study_list_or_unreadable_runs_give_one_line_not_a_traceback(tmp_path, capsys):
+    for seed in range(3):
+        fake_run(tmp_path, "fedavg", "iid", seed, [0.5, 0.9])
+    good, torn, empty = (tmp_path / "runs" / f"iid-fedavg-{seed}" for seed in range(3))
+    (tmp_path / "study.json").write_text("{half")
+    assert report_main([str(tmp_path)]) == 2
+    assert "study.json is not a study list" in capsys.readouterr().err
+    (tmp_path / "study.json").write_text(json.dumps({"runs": [good.name, torn.name, empty.name]}))
+    (torn / "metrics.jsonl").write_text((good / "metrics.jsonl").read_text()[:-10])  # half a line
+    summary = json.loads((empty / "summary.json").read_text())
+    (empty / "summary.json").write_text(json.dumps({**summary, "final_accuracy": None}))
+    assert report_main([str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert f"left out 2 unreadable runs: {torn.name}" in err
+    assert f"{empty.name} (its summary has no final_accuracy)" in err

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from fedcls.errors import UserError
+
 
 @dataclass
 class Cell:
@@ -62,18 +64,27 @@ def load_study(study: Path, target: float) -> dict[tuple[str, str], Cell]:
 
 
 def completed(run_dirs_: list[Path]) -> list[tuple[dict, dict, list[dict]]]:
-    """(config, summary, metrics rows) of each completed run."""
-    runs = []
+    """(config, summary, metrics rows) of each completed run; a run whose files cannot be read (a
+    corrupt summary, half a metrics line, no final accuracy) is left out, named on stderr."""
+    runs, unreadable = [], []
     for run_dir in run_dirs_:
         summary_path = run_dir / "summary.json"
         if not summary_path.exists():
             continue
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status") != "completed":
+        try:
+            summary = json.loads(summary_path.read_text())
+            if summary.get("status") != "completed":
+                continue
+            if not isinstance(summary.get("final_accuracy"), (int, float)):
+                raise ValueError("its summary has no final_accuracy")
+            cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+            rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            unreadable.append(f"{run_dir.name} ({str(err).splitlines()[0][:120]})")
             continue
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         runs.append((cfg, summary, rows))
+    if unreadable:
+        print(f"report: left out {len(unreadable)} unreadable runs: {'; '.join(unreadable)}", file=sys.stderr)
     return runs
 
 
@@ -95,7 +106,11 @@ def run_dirs(study: Path) -> list[Path]:
     """The study's run folders, in the sweep's grid order when study.json lists it."""
     listed = study / "study.json"
     if listed.exists():
-        return [study / "runs" / r for r in json.loads(listed.read_text())["runs"]]
+        try:
+            return [study / "runs" / str(r) for r in json.loads(listed.read_text())["runs"]]
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{listed} is not a study list ({str(err).splitlines()[0][:120]}): fix it, or delete it "
+                            f"to report every folder under {study / 'runs'}") from None
     return sorted((study / "runs").iterdir())
 
 
@@ -209,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, NotADirectoryError) as err:
         print(f"error: {err}; run python -m fedcls.sweep first", file=sys.stderr)
         return 2
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     print((args.study / "table.md").read_text())
     for extra in ("table_continual.md", "table_targets.md"):
         if (args.study / extra).exists():
