@@ -125,8 +125,12 @@ def discover_sites(grid: Grid, expected: int) -> dict[int, int]:
 
 def site_local_keys(cfg: Config, ds: Dataset) -> set[str]:
     """Weights the strategy keeps at the sites (FedBN's BatchNorm): a reply may leave them out."""
-    model = build_model(cfg.model, ds.shape, ds.num_classes)
-    return set().union(*(h.local_keys(model) for h in strategies.get(cfg.strategy.name).evaluation_hooks()))
+    hooks = strategies.get(cfg.strategy.name).evaluation_hooks()
+    if not hooks:
+        return set()
+    with torch.random.fork_rng(devices=[]):  # a throwaway model: the server's RNG stream stays as it was
+        model = build_model(cfg.model, ds.shape, ds.num_classes)
+    return set().union(*(h.local_keys(model) for h in hooks))
 
 
 def global_evaluator(cfg: Config, ds: Dataset):

@@ -91,15 +91,19 @@ def refuse_collisions(common: list[str], points: list[list[str]], runs_dir: Path
             "strategy=choice(fedyogi), or use another study name")
 
 
-def run_point(common: list[str], point: list[str], runs_dir: Path) -> tuple[str, dict]:
-    """Run one grid point; ('done' | 'failed', summary)."""
+def point_config(common: list[str], point: list[str], runs_dir: Path) -> Config:
+    """A grid point's composed config, its run folder named by the point."""
     from fedcls.config import compose
+
+    return compose([*common, *point, f"output_dir={runs_dir}", f"run_id={run_id_of(point)}"])
+
+
+def run_point(cfg: Config, runs_dir: Path) -> tuple[str, dict]:
+    """Run one grid point's config; ('done' | 'failed', summary)."""
     from fedcls.engine.runner import run
 
-    run_id = run_id_of(point)
-    run_dir = runs_dir / run_id
+    run_dir = runs_dir / cfg.run_id
     try:
-        cfg = compose([*common, *point, f"output_dir={runs_dir}", f"run_id={run_id}"])
         resume = run_dir if _resumable(run_dir, cfg) else None
         if run_dir.exists() and resume is None:  # an unfinished run without a usable checkpoint
             shutil.rmtree(run_dir)
@@ -131,31 +135,24 @@ def sweep(args: list[str]) -> int:
     runs_dir = study / "runs"
     if not points:
         raise ConfigError("the grid is empty: give each swept key at least one value, e.g. seed=0,1,2")
-    _check_points(common, points, runs_dir)  # a typo fails here, once, before Ray starts
+    configs = [point_config(common, point, runs_dir) for point in points]  # a typo fails here, before Ray
     runs_dir.mkdir(parents=True, exist_ok=True)
     with holding(study, "the study"):
-        return _sweep(args, study, common, points)
+        return _sweep(args, study, common, points, configs)
 
 
-def _check_points(common: list[str], points: list[list[str]], runs_dir: Path) -> None:
-    from fedcls.config import compose
-
-    for point in points:
-        compose([*common, *point, f"output_dir={runs_dir}", f"run_id={run_id_of(point)}"])
-
-
-def _sweep(args: list[str], study: Path, common: list[str], points: list[list[str]]) -> int:
+def _sweep(args: list[str], study: Path, common: list[str], points: list[list[str]], configs: list[Config]) -> int:
     runs_dir = study / "runs"
     record_study(study, " ".join(["python -m fedcls.sweep", *args]), [run_id_of(p) for p in points])
     refuse_collisions(common, points, runs_dir)
-    todo = [p for p in points if not is_finished(runs_dir / run_id_of(p))]
+    todo = [(p, c) for p, c in zip(points, configs) if not is_finished(runs_dir / run_id_of(p))]
     print(f"sweep {study}: {len(points)} runs, {len(points) - len(todo)} already done", flush=True)
     failed, started = [], time.time()
     from fedcls.engine.simulation import shared_ray
 
-    with shared_ray(_ray_address(common, points)):
-        for k, point in enumerate(todo, 1):
-            status, summary = run_point(common, point, runs_dir)
+    with shared_ray(configs[0].backend.ray_address):  # the cluster the runs attach to, as each reads it
+        for k, (point, cfg) in enumerate(todo, 1):
+            status, summary = run_point(cfg, runs_dir)
             if status == "failed":
                 failed.append(run_id_of(point))
             elapsed = time.time() - started
@@ -168,13 +165,6 @@ def _sweep(args: list[str], study: Path, common: list[str], points: list[list[st
     print(f"study in {study}: {len(points) - len(failed)} of {len(points)} runs finished"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
-
-
-def _ray_address(common: list[str], points: list[list[str]]) -> str | None:
-    """The cluster the study's runs attach to, from their composed config (as each run reads it)."""
-    from fedcls.config import compose
-
-    return compose([*common, *points[0]]).backend.ray_address if points else None
 
 
 def main(argv: list[str] | None = None) -> int:
