@@ -52,6 +52,11 @@ def check_faults(cfg: Config) -> None:
              f"a client has one fault at most, so their sum must be <= 1")
     _require(f.min_train_nodes <= cfg.num_clients,
              f"faults.min_train_nodes must be in [1, num_clients={cfg.num_clients}], got {f.min_train_nodes}")
+    _require(f.byzantine_site < cfg.num_clients,
+             f"faults.byzantine_site must be -1 or a site in [0, {cfg.num_clients - 1}], got {f.byzantine_site}")
+    _require(f.byzantine_site < 0 or not cfg.backend.pre_aggregate,
+             "faults.byzantine_site tests the server's screening of each site's reply, but backend.pre_aggregate "
+             "averages a cohort's replies before the server sees them: set backend.pre_aggregate=false")
 
 
 def check_fits_data(cfg: Config) -> None:

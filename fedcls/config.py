@@ -10,6 +10,7 @@ overrides apply, so their order on the command line does not matter.
 from __future__ import annotations
 
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,19 +30,38 @@ def scenario_names() -> list[str]:
     return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
 
 
+SCENARIO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 def load_scenario(name: str) -> dict:
-    """A scenario file's content, by name (scenarios/NAME.yaml) or by path to a .yaml file."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else SCENARIO_DIR / f"{name}.yaml"
+    """A scenario file's content, by name (scenarios/NAME.yaml)."""
+    if not SCENARIO_NAME.fullmatch(name) or name.endswith((".yaml", ".yml")):
+        raise ConfigError(f"scenario={name} is not a scenario name: scenario= takes a name from scenarios/ "
+                          f"(python -m fedcls.simulate --help lists them); give a file of your own as "
+                          f"scenario_file=<path to .yaml>")
+    path = SCENARIO_DIR / f"{name}.yaml"
     if not path.is_file():
-        if name.endswith((".yaml", ".yml")):
-            raise ConfigError(f"scenario file not found: {path}")
         raise unknown_name("scenario", name, scenario_names(), key="scenario")
+    return _read_scenario(path)
+
+
+def load_scenario_file(file: str) -> dict:
+    """The content of a scenario file of the user's own (scenario_file=<path>)."""
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"scenario_file={file}: no such file; give the path of a .yaml file of config keys")
+    return _read_scenario(path)
+
+
+def _read_scenario(path: Path) -> dict:
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"scenario file {path} is not valid UTF-8 YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(content, dict):
         raise ConfigError(f"scenario file {path} must hold a mapping of config keys")
+    if {"scenario", "scenario_file"} & set(content):
+        raise ConfigError(f"scenario file {path} names another scenario; a scenario file holds config keys only")
     return content
 
 
@@ -74,14 +94,20 @@ def compose(args: list[str]) -> Config:
     pairs = parse_overrides(args)
     cfg = defaults()
     scenario = next((v for k, v in reversed(pairs) if k == "scenario"), None)
+    file = next((v for k, v in reversed(pairs) if k == "scenario_file"), None)
+    if scenario is not None and file is not None:
+        raise ConfigError("give scenario=NAME or scenario_file=PATH, not both")
     if scenario is not None:
         _merge(cfg, load_scenario(str(scenario)), f"scenarios/{scenario}.yaml")
         cfg["scenario"] = str(scenario)
+    if file is not None:
+        _merge(cfg, load_scenario_file(str(file)), str(file))
+        cfg["scenario_file"] = str(file)
     for key, value in pairs:  # group choices first, like Hydra's defaults list
         if key in GROUPS:
             _choose_group(cfg, key, value)
     for key, value in pairs:
-        if key not in GROUPS and key != "scenario":
+        if key not in GROUPS and key not in ("scenario", "scenario_file"):
             _set(cfg, key, value)
     return load_config(cfg)
 

@@ -37,7 +37,7 @@ def help_text(usage: str) -> str:
     from fedcls.data.sources import SOURCES
 
     lines = [usage.strip(), "",
-             "Scenarios (scenario=NAME, files in scenarios/; or scenario=path/to/file.yaml):"]
+             "Scenarios (scenario=NAME, files in scenarios/; or scenario_file=path/to/file.yaml):"]
     lines += [_scenario_line(n) for n in scenario_names()]
     lines += ["", "Strategies (strategy=NAME, then strategy.<param>=value):"]
     for name in strategies.names():

@@ -53,11 +53,23 @@ CASES = [  # (arguments, words the message must contain)
     (["num_clients=true"], "num_clients must be an integer, got True"),
     (["data.image_size=-5"], "data.image_size must be in [0, 1024]"),
     (["data.image_size=100000"], "data.image_size must be in [0, 1024]"),
-    (["scenario={tmp}/partition_iid.yaml"], "partition must be a section of keys, got 'iid'"),
-    (["scenario={tmp}/strategy_5.yaml"], "strategy must be a strategy name or a section"),
-    (["scenario={tmp}/model_list.yaml"], "model must be a section of keys, got [1, 2]"),
-    (["scenario={tmp}/latin1.yaml"], "is not valid UTF-8 YAML"),
+    (["scenario_file={tmp}/partition_iid.yaml"], "partition must be a section of keys, got 'iid'"),
+    (["scenario_file={tmp}/strategy_5.yaml"], "strategy must be a strategy name or a section"),
+    (["scenario_file={tmp}/model_list.yaml"], "model must be a section of keys, got [1, 2]"),
+    (["scenario_file={tmp}/latin1.yaml"], "is not valid UTF-8 YAML"),
     (["run_id=../../x"], "run_id must be a plain folder name"),
+    (["num_clients=1", "dataset=imagefolder", "data.image_folder={tmp}/img_zero"], "1.png is not a readable image"),
+    (["num_clients=1", "dataset=imagefolder", "data.image_folder={tmp}/img_corrupt"], "1.png is not a readable image"),
+    (["num_clients=1", "dataset=imagefolder", "data.image_folder={tmp}/img_truncated"], "1.png is not a readable image"),
+    (["num_clients=1", "dataset=imagefolder", "data.image_folder={tmp}/img_large"], "is 4000 x 3000 pixels and data.image_size=0"),
+    (["num_clients=1", "dataset=imagefolder", "data.image_folder={tmp}/img_over"],
+     "is 12000 x 9000 pixels, more than fedcls decodes"),
+    (["num_clients=1", "dataset=imagefolder", "data.image_folder={tmp}/img_huge", "data.image_size=28"],
+     "(400000000 pixels) exceeds limit of 178956970 pixels, more than fedcls decodes"),
+    (["scenario=../../etc/some.yaml"], "is not a scenario name: scenario= takes a name"),
+    (["scenario={tmp}/partition_iid.yaml"], "give a file of your own as scenario_file=<path"),
+    (["scenario_file={tmp}/missing.yaml"], "missing.yaml: no such file; give the path"),
+    (["scenario=iid", "scenario_file={tmp}/latin1.yaml"], "give scenario=NAME or scenario_file=PATH, not both"),
     (["output_dir={tmp}/a_file"], "set output_dir to a writable folder"),
 ]
 
@@ -77,7 +89,45 @@ def folders(tmp_path):
                        ("model_list", b"model: [1, 2]\n"), ("latin1", b"rounds: 3 # \xe9t\xe9\n")):
         (tmp_path / f"{name}.yaml").write_bytes(text)
     (tmp_path / "a_file").write_text("not a folder")
+    _image_folders(tmp_path)
     return tmp_path
+
+
+def _png(size: tuple[int, int] = (8, 8)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", size, 128).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _claims_size(png: bytes, width: int, height: int) -> bytes:
+    """`png` with an IHDR that says width x height (and a valid CRC): a decompression bomb's header."""
+    import struct
+    import zlib
+
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + png[24:29]
+    return png[:8] + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+def _image_folders(tmp_path) -> None:
+    """ImageFolder trees whose second image is empty, corrupt or truncated; two whose images' headers
+    claim 4000 x 3000, 12000 x 9000 (over fedcls's limit) or 20000 x 20000 (over PIL's)."""
+    good = _png()
+    for name, bad in (("img_zero", b""), ("img_corrupt", b"\x89PNG not really" * 10),
+                      ("img_truncated", good[: len(good) // 2])):
+        folder = tmp_path / name / "train" / "a"
+        folder.mkdir(parents=True)
+        (folder / "0.png").write_bytes(good)
+        (folder / "1.png").write_bytes(bad)
+    for name, sizes in (("img_large", [(4000, 3000)] * 4), ("img_over", [(8, 8)] * 3 + [(12000, 9000)]),
+                        ("img_huge", [(20000, 20000)] * 4)):
+        folder = tmp_path / name / "train" / "a"
+        folder.mkdir(parents=True)
+        for i, size in enumerate(sizes):
+            (folder / f"{i}.png").write_bytes(good if size == (8, 8) else _claims_size(good, *size))
 
 
 @pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a)[:40] for a, _ in CASES])

@@ -44,11 +44,11 @@ def test_model_choice_keeps_model_options():
     assert cfg.model == ModelConfig("resnet18", "group")
 
 
-def test_scenario_path_and_yaml_roundtrip(tmp_path):
+def test_scenario_file_and_yaml_roundtrip(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("partition: {kind: label_k, k: 4}\nrounds: 3\n")
-    cfg = compose([f"scenario={path}"])
-    assert cfg.partition.k == 4 and cfg.rounds == 3
+    cfg = compose([f"scenario_file={path}", "rounds=4"])
+    assert cfg.partition.k == 4 and cfg.rounds == 4 and cfg.scenario_file == str(path)
     assert Config.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
 
 
@@ -94,4 +94,4 @@ def test_unknown_key_in_scenario_file_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("partition: {kind: iid, alfa: 1}\n")
     with pytest.raises(ConfigError, match="bad.yaml.*partition.alfa.*partition.alpha"):
-        compose([f"scenario={path}"])
+        compose([f"scenario_file={path}"])

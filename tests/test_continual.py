@@ -126,9 +126,11 @@ def test_ewc_through_the_plugin_hook_adds_the_penalty_by_hand_and_persists():
                        for k, p in model.named_parameters())
     assert float(penalty.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     hooks[0].after_training(ctx)
+    from avalanche.training.plugins import EWCPlugin
+
     from fedcls.algorithms.continual.plugins import load
 
-    assert set(load(ctx.state["ewc"]).importances) == {0}  # the plugin survives in the state
+    assert set(load(ctx.state["ewc"], EWCPlugin(1.0), model).importances) == {0}  # the plugin survives in the state
 
 
 def test_federated_importances_replace_the_sites_own():
@@ -136,8 +138,11 @@ def test_federated_importances_replace_the_sites_own():
                                "continual.ewc_lambda=1")  # 0.5 stays below the cap 0.5 * 1 / (0.1 * 1)
     state = _round(cfg, model, stream, 0, {}).state
     state = _round(cfg, model, stream, 1, state).state
-    own = {k: v.data.clone() for k, v in __import__("fedcls.algorithms.continual.plugins", fromlist=["load"])
-           .load(state["ewc"]).importances[0].items()}
+    from avalanche.training.plugins import EWCPlugin
+
+    from fedcls.algorithms.continual.plugins import load
+
+    own = {k: v.data.clone() for k, v in load(state["ewc"], EWCPlugin(1.0), model).importances[0].items()}
     federated = {k: torch.full_like(v, 0.5) for k, v in own.items()}
     hooks = continual_hooks(cfg, stream, 1, state, {f"{FEDERATED}0": federated})
     from fedcls.algorithms.training import TrainContext
@@ -172,6 +177,29 @@ def test_other_avalanche_plugins_run_at_a_site_across_experiences(spec):
     state = _round(cfg, model, stream, 0, {}).state
     result = _round(cfg, model, stream, 1, state)
     assert "plugin.0" in result.state and result.metrics["train_loss"] == result.metrics["train_loss"]
+    from fedcls.algorithms.continual.plugins import dump, load, make_plugin
+
+    entry = result.state["plugin.0"]  # kept as data: a fresh plugin given it dumps the same again
+    again = dump(load(entry, make_plugin(spec), model))
+    assert again.keys() == entry.keys() and all(torch.equal(again[k], entry[k]) for k in entry)
+
+
+def test_a_plugin_state_that_is_a_pickle_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    from fedcls.algorithms.continual.plugins import load, make_plugin
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("ran",))
+
+    entry = {"pickle": torch.frombuffer(bytearray(pickle.dumps(Payload())), dtype=torch.uint8)}
+    cfg, model, _ = _site("continual.method=ewc")
+    with pytest.raises(ValueError, match="written by an older fedcls"):
+        load(entry, make_plugin("EWCPlugin(ewc_lambda=1)"), model)
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("args, message", [

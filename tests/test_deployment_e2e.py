@@ -79,17 +79,18 @@ def supernode_args(link: int, site_dir: Path, certs: Path | None, key: str) -> l
     return [*args, "--root-certificates", str(certs / "ca.crt"), "--auth-supernode-private-key", str(certs / key)]
 
 
-def deploy(tmp_path: Path, overrides: str, certs: Path | None = None, intruder: bool = False,
-           fmt: str = "imagefolder") -> Path:
-    """Prepare 3 site folders, start a SuperLink and a SuperNode per site (with TLS and SuperNode
-    authentication when `certs`), run `flwr run`, tear down; returns the run folder."""
+def deploy(tmp_path: Path, runs: list[str], certs: Path | None = None, intruder: bool = False,
+           fmt: str = "imagefolder") -> list[tuple[Path, subprocess.CompletedProcess]]:
+    """Prepare 3 site folders (from the first run's config: every run shares them), start a SuperLink
+    and a SuperNode per site (with TLS and SuperNode authentication when `certs`), submit each run
+    in turn with `python -m fedcls.submit`, tear down; returns each run's folder and submit result."""
     from fedcls.deploy.prepare_sites import main as prepare_sites
 
-    assert prepare_sites([f"out={tmp_path / 'sites'}", f"format={fmt}", *overrides.split()]) == 0
+    assert prepare_sites([f"out={tmp_path / 'sites'}", f"format={fmt}", *runs[0].split()]) == 0
     link = free_port()
     env = flwr_env(tmp_path, link, certs)
     procs = [start(superlink_args(link, tmp_path, certs), tmp_path / "superlink.log", env)]
-    out = tmp_path / "deployed" / "run"
+    done = []
     try:
         wait_for_port(link)
         for site in range(3):
@@ -102,17 +103,16 @@ def deploy(tmp_path: Path, overrides: str, certs: Path | None = None, intruder: 
         if intruder:  # a fourth SuperNode whose key nobody registered: it must not join
             procs.append(start(supernode_args(link, tmp_path / "sites" / "site-0", certs, "site-3"),
                                tmp_path / "intruder.log", env))
-        run_config = f"{overrides} output_dir={out.parent} run_id=run"
-        result = subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "rehearsal", "--stream", "--run-config",
-                                 f"overrides='{run_config}'"], env=env, capture_output=True, text=True,
-                                timeout=600)
-        deadline = time.time() + 120  # the ServerApp's final summary.json comes as the run ends
-        while _status(out) not in ("completed", "failed") and time.time() < deadline:
-            time.sleep(1)
-        assert _status(out) is not None, result.stdout[-3000:] + result.stderr[-2000:]
+        for i, overrides in enumerate(runs):
+            out = tmp_path / "deployed" / f"run{i}"
+            result = subprocess.run([sys.executable, "-m", "fedcls.submit", "superlink=rehearsal", *overrides.split(),
+                                     f"output_dir={out.parent}", f"run_id={out.name}"], env=env, cwd=ROOT,
+                                    capture_output=True, text=True, timeout=600)
+            assert _status(out) is not None, result.stdout[-3000:] + result.stderr[-2000:]
+            done.append((out, result))
     finally:
         stop(procs)
-    return out
+    return done
 
 
 def _status(run: Path) -> str | None:
@@ -135,9 +135,12 @@ def check_run(run: Path) -> list[dict]:
     return rows
 
 
-def simulated_rows(cfg_args: list[str], tmp_path: Path, monkeypatch) -> list[dict]:
+def simulated_rows(cfg_args: list[str], tmp_path: Path, monkeypatch, only_sites: set[int] | None = None) -> list[dict]:
     """The same config run in-process through the ClientApp's own functions (the path a Ray
-    simulation runs; tests/test_cohort.py and test_e2e.py tie the two together)."""
+    simulation runs; tests/test_cohort.py and test_e2e.py tie the two together); with
+    `only_sites`, the other sites never train (the federation without them)."""
+    from fedcls.algorithms.feature import Extension
+    from fedcls.apps import federation
     from fedcls.apps.cohort.worker import CohortWorker
     from fedcls.apps.federation import run_federation
     from fedcls.config import compose
@@ -146,7 +149,13 @@ def simulated_rows(cfg_args: list[str], tmp_path: Path, monkeypatch) -> list[dic
     from fedcls.outputs.results import Recorder
     from strategy_helpers import identity
 
+    class OnlySites(Extension):
+        def train_sites(self, rnd: int) -> set[int] | None:
+            return only_sites
+
     identity(monkeypatch)
+    if only_sites is not None:
+        monkeypatch.setattr(federation, "extensions_for", lambda cfg, data: [OnlySites()])
     cfg = compose(cfg_args)
     recorder = Recorder(tmp_path / "sim", cfg, echo=lambda line: None)
     run_federation(CohortGrid(cfg.num_clients, [CohortWorker(per_client=True)]), cfg, federated_data(cfg), recorder)
@@ -154,9 +163,13 @@ def simulated_rows(cfg_args: list[str], tmp_path: Path, monkeypatch) -> list[dic
 
 
 def test_insecure_and_tls_deployments_of_three_sites(tmp_path, monkeypatch):
-    """Two federations at once (each mostly waits on Flower's polling): an insecure one whose
-    numbers must equal the simulation's, and one with TLS and SuperNode authentication where a
-    fourth, unregistered SuperNode is refused."""
+    """Two federations at once (each mostly waits on Flower's polling). The insecure one runs three
+    runs in turn: an honest one whose numbers must equal the simulation's; one where site 2 is
+    Byzantine, sending issue 16's six attacks one per round across the SuperLink, which the server
+    refuses naming site 2 every round while FedAvg keeps the accuracy of the federation without site
+    2; and one that fails (it needs
+    all three sites) and makes `fedcls.submit` exit 1. The other has TLS and SuperNode
+    authentication, and a fourth, unregistered SuperNode that is refused."""
     from concurrent.futures import ThreadPoolExecutor
 
     from fedcls.deploy.certs import main as make_certs
@@ -165,19 +178,44 @@ def test_insecure_and_tls_deployments_of_three_sites(tmp_path, monkeypatch):
     plain.mkdir(), secure.mkdir()
     certs = secure / "certs"
     assert make_certs([f"out={certs}", "sites=4"]) == 0
-    insecure_overrides = f"scenario=iid {OVERRIDES}"
+    honest = f"scenario=iid {OVERRIDES}"
+    attacked = f"{honest} rounds=6 faults.byzantine_site=2 faults.min_train_nodes=2"
+    failing = f"{honest} rounds=1 faults.byzantine_site=2 faults.min_train_nodes=3"
     with ThreadPoolExecutor(2) as pool:
-        insecure = pool.submit(deploy, plain, insecure_overrides)
-        tls = pool.submit(deploy, secure, f"scenario=dirichlet_0.5 {OVERRIDES}", certs, True, "tensor")
-        insecure_run, tls_run = insecure.result(), tls.result()
+        insecure = pool.submit(deploy, plain, [honest, attacked, failing])
+        tls = pool.submit(deploy, secure, [f"scenario=dirichlet_0.5 {OVERRIDES}"], certs, True, "tensor")
+        (honest_run, ok), (attacked_run, attacked_ok), (failed_run, failed) = insecure.result()
+        [(tls_run, tls_ok)] = tls.result()
 
-    rows = check_run(insecure_run)
+    rows = check_run(honest_run)
+    assert ok.returncode == 0 and "finished:completed" in ok.stdout
     # the same config simulated: the same data, seeds and order, so the same numbers
-    sim_rows = simulated_rows(insecure_overrides.split(), plain, monkeypatch)
+    sim_rows = simulated_rows(honest.split(), plain, monkeypatch)
     for key in ("accuracy", "loss"):
         assert [r[key] for r in rows] == pytest.approx([r[key] for r in sim_rows], rel=1e-6), key
     assert [r["train"]["train_loss"] for r in rows] == pytest.approx([r["train"]["train_loss"] for r in sim_rows], rel=1e-9)
 
+    without_site_2 = simulated_rows([*honest.split(), "rounds=6"], plain / "six", monkeypatch, only_sites={0, 1})
+    check_attacked(attacked_run, attacked_ok, without_site_2)
+    assert failed.returncode == 1 and "finished:failed" in failed.stdout, failed.stdout[-2000:]
+    assert _status(failed_run) == "failed"
+
     check_run(tls_run)  # exactly sites 0, 1, 2 trained: the unregistered fourth node never joined
+    assert tls_ok.returncode == 0
     assert "Failed to activate SuperNode" in (secure / "intruder.log").read_text()
     assert "Uvicorn running on https://" in (secure / "superlink.log").read_text()
+
+
+def check_attacked(run: Path, submitted: subprocess.CompletedProcess, without_rows: list[dict]) -> None:
+    """Site 2 named in every round's failures, with the reason of that round's attack; sites 0
+    and 1 trained; final accuracy within 2 points of the federation without site 2."""
+    from fedcls.schema import BYZANTINE_ATTACKS
+
+    rows = rows_of(run)
+    assert submitted.returncode == 0 and len(rows) == 6, submitted.stdout[-2000:]
+    reasons = ["num-examples=1e+12", "num-examples=-2000", "is float32[1]", "update norm", "[3, 3]", "unexpected arrays"]
+    for attack, reason, row in zip(BYZANTINE_ATTACKS, reasons, rows):
+        assert row["faults"]["rejected"] == [2] and sorted(s for s, _ in row["trained"]) == [0, 1], attack
+        assert any(f.startswith("site 2 rejected: ") and reason in f for f in row["failures"]), (attack, row["failures"])
+    assert abs(rows[-1]["accuracy"] - without_rows[-1]["accuracy"]) <= 0.02
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"

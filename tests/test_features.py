@@ -57,8 +57,8 @@ class ZeroBias(ClientHalf):
     def hooks_first(self, job, inbox: dict) -> list:
         return [Marker(self.log)]
 
-    def outgoing_weights(self, job, weights: dict) -> dict:
-        return {k: torch.zeros_like(v) if k.endswith("bias") else v for k, v in weights.items()}
+    def outgoing(self, job, weights: dict, metrics: dict) -> tuple[dict, dict]:
+        return {k: torch.zeros_like(v) if k.endswith("bias") else v for k, v in weights.items()}, metrics
 
 
 def test_a_new_feature_plugs_into_the_client_app_without_touching_it(monkeypatch):

@@ -64,5 +64,5 @@ def test_scenarios_are_found_in_their_package_and_by_path(tmp_path):
     assert (SCENARIO_DIR / "dirichlet_0.1.yaml").is_file()
     mine = tmp_path / "mine.yaml"
     mine.write_text("partition:\n  kind: dirichlet\n  alpha: 0.3\nnum_clients: 3\n")
-    cfg = compose([f"scenario={mine}"])
+    cfg = compose([f"scenario_file={mine}"])
     assert (cfg.partition.alpha, cfg.num_clients) == (0.3, 3)

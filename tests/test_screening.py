@@ -97,41 +97,64 @@ def test_fedbn_replies_may_keep_their_batchnorm_at_the_site(monkeypatch):
     assert screen.screen(sent, [_reply(sent[0], weights, 10.0)], {10: 0}, initial).rejected == []
 
 
-class Malicious:
-    """A cohort worker whose site 1 answers with 10**12 examples and random weights (the attack of
-    issue 16 that took FedAvg to chance)."""
-
-    def __init__(self, worker):
-        self.worker = worker
-
-    def process(self, items):
-        replies, notices = self.worker.process(items)
-        out = []
-        for (site, msg), reply in zip(items, replies):
-            if site == 1 and msg.metadata.message_type == "train" and not reply.has_error():
-                weights = {k: torch.randn_like(v) if v.is_floating_point() else v
-                           for k, v in reply.content["arrays"].to_torch_state_dict().items()}
-                reply = _reply(msg, weights, 1e12)
-            out.append(reply)
-        return out, notices
+REASONS = {  # what the server says of each attack (fedcls.apps.faults.malicious)
+    "huge_count": "num-examples=1e+12 is not a whole number", "negative_count": "num-examples=-2000",
+    "tiny_shape": "is float32[1], the model's is", "wrong_shape": "is float32[3, 3], the model's is",
+    "extra_key": "unexpected arrays ['backdoor.weight']", "missing_key": "missing arrays",
+    "huge_weights": "update norm", "boosted": "update norm",
+    "bad_metric": "metric 'train_loss' is not a finite number", "impostor": "claims to be site 2",
+}
 
 
-def test_one_malicious_site_among_three_is_named_every_round_and_fedavg_keeps_its_accuracy(monkeypatch, tmp_path):
+def test_a_byzantine_site_is_named_every_round_whatever_it_sends_and_fedavg_keeps_its_accuracy(monkeypatch, tmp_path):
+    """Through the real ClientApp (the cohort worker runs its train function per site): site 1
+    sends each attack of fedcls.apps.faults in turn, one per round."""
     from fedcls.apps.cohort.worker import CohortWorker
     from fedcls.apps.federation import run_federation
     from fedcls.engine.cohort_grid import CohortGrid
     from fedcls.outputs.results import Recorder
+    from fedcls.schema import BYZANTINE_ATTACKS
 
     identity(monkeypatch)
-    cfg = compose([*SMALL, "rounds=5", "data.synthetic.num_samples=1500", "lr=0.05", "local_epochs=2"])
+    base = [*SMALL, f"rounds={len(BYZANTINE_ATTACKS)}", "data.synthetic.num_samples=1500", "lr=0.05",
+            "faults.min_train_nodes=2"]
     rows = {}
-    for name, worker in (("honest", CohortWorker(per_client=True)), ("attacked", Malicious(CohortWorker(per_client=True)))):
-        grid = CohortGrid(3, [worker], echo=lambda line: None)
+    for name, extra in (("attacked", ["faults.byzantine_site=1"]), ("honest", [])):
+        cfg = compose([*base, *extra])
         recorder = Recorder(tmp_path / name, cfg, echo=lambda line: None)
-        run_federation(grid, cfg, federated_data(cfg), recorder)
+        run_federation(CohortGrid(3, [CohortWorker(per_client=True)], echo=lambda line: None), cfg,
+                       federated_data(cfg), recorder)
         rows[name] = recorder.rows
-    assert all(r["faults"]["rejected"] == [1] for r in rows["attacked"])
-    assert all(any("site 1 rejected: num-examples=1e+12" in f for f in r["failures"]) for r in rows["attacked"])
+    for attack, row in zip(BYZANTINE_ATTACKS, rows["attacked"]):
+        assert row["faults"]["rejected"] == [1] and sorted(s for s, _ in row["trained"]) == [0, 2], attack
+        assert any(f.startswith("site 1 rejected: ") and REASONS[attack] in f for f in row["failures"]), (attack, row["failures"])
     assert abs(rows["attacked"][-1]["accuracy"] - rows["honest"][-1]["accuracy"]) <= 0.02
     summary = json.loads((tmp_path / "attacked" / "summary.json").read_text())  # strict JSON
     assert summary["status"] != "failed" and np.isfinite(summary["final_loss"])
+
+
+def test_the_roll_call_declares_each_sites_training_samples_and_bounds_its_claims(monkeypatch):
+    from flwr.app import ConfigRecord, Context
+
+    from fedcls.apps import client_app
+    from fedcls.apps.federation import check_roster
+    from fedcls.apps.payload import CONFIG_KEY, Payload
+    from fedcls.errors import ConfigError
+
+    identity(monkeypatch)
+    cfg, data, initial, _ = _setup()
+    ask = Message(RecordDict({"config": ConfigRecord({CONFIG_KEY: Payload(cfg).to_json()})}), dst_node_id=1,
+                  message_type="query")
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 2}, state=RecordDict(), run_config={})
+    answer = client_app.query(ask, context).content["site"]
+    assert answer[client_app.SITE_KEY] == 2 and answer[client_app.EXAMPLES_KEY] == len(data.sites[2].train_idx)
+    declared = {0: 5, 1: 7, 2: 9}
+    for cap, bounds in ((0, declared), (6, {0: 5, 1: 6, 2: 6})):
+        screen = ReplyScreen(compose([*SMALL, f"screening.max_examples={cap}"]), data, initial, set(), declared)
+        assert screen.max_examples == bounds
+    sent = [Message(RecordDict(), dst_node_id=node, message_type="train") for node in NODES]
+    honest = initial.to_torch_state_dict()
+    screened = screen.screen(sent, [_reply(m, honest, n) for m, n in zip(sent, (5.0, 7.0, 6.0))], NODES, initial)
+    assert screened.failed["rejected"] == [1] and "num-examples=7 is not a whole number in [0, 6]" in screened.rejected[0][1]
+    with pytest.raises(ConfigError, match=r"site\(s\) \[1\] are each served by more than one node"):
+        check_roster({10: 0, 11: 1, 12: 1}, 3)

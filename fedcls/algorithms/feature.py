@@ -28,7 +28,7 @@ Client half: the ClientApp (fedcls.apps.client_app) calls each enabled half, in 
     before_train(rnd, site)  before training (fault injection: an injected crash raises here)
     hooks_first(job, inbox) / hooks_last(job, inbox)  training hooks before / after the strategy's
     local_update(job) -> the training function, or None for the one loop (a CORAL target site)
-    outgoing_weights(job, weights) -> the weights the reply carries (fault injection: poisoned)
+    outgoing(job, weights, metrics) -> (weights, metrics) the reply carries (fault injection: poisoned, malicious)
     evaluation_hooks(inbox)  hooks after the strategy's, before a site evaluates
     answers(msg) / answer(model, x) -> RecordDict   a query this feature asks sites (CORAL's statistics)
 """
@@ -105,8 +105,8 @@ class ClientHalf:
     def local_update(self, job) -> Callable | None:
         return None
 
-    def outgoing_weights(self, job, weights: dict) -> dict:
-        return weights
+    def outgoing(self, job, weights: dict, metrics: dict) -> tuple[dict, dict]:
+        return weights, metrics
 
     def evaluation_hooks(self, inbox: dict) -> list:
         return []

@@ -25,7 +25,7 @@ from fedcls.apps.torch_settings import apply_torch_settings
 from fedcls.data import site_folders
 from fedcls.schema import Config
 
-SITE_KEY = "site-id"
+SITE_KEY, EXAMPLES_KEY = "site-id", "train-examples"  # a node's answer to the server's roll call
 
 app = ClientApp()
 
@@ -153,7 +153,7 @@ def train_reply(job: TrainJob, result, weights: dict) -> Message:
                "num-examples": result.examples}
     weights = {k: v for k, v in weights.items() if k not in job.local_keys}
     for half in job.features:
-        weights = half.outgoing_weights(job, weights)  # fault injection: poisoned
+        weights, metrics = half.outgoing(job, weights, metrics)  # fault injection: poisoned or malicious
     content = RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics),
                           **{name: ArrayRecord(t) for name, t in result.outbox.items()}})
     return Message(content=content, reply_to=job.msg)
@@ -194,9 +194,11 @@ def evaluate_local(msg: Message, context: Context) -> Message:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Tell the server which site this node serves (see fedcls.apps.federation.discover_sites), or
-    answer a feature's query (CORAL's feature statistics) under the weights sent, the model
-    prepared as for evaluation (FedBN: the site's own BatchNorm)."""
+    """Tell the server which site this node serves and how many training samples it holds (the
+    roll call of fedcls.apps.federation.discover_sites), or answer a feature's query (CORAL's
+    feature statistics) under the weights sent, the model prepared as for evaluation (FedBN: the
+    site's own BatchNorm)."""
+    roll_call = {SITE_KEY: site_id(context)}
     if "config" in msg.content.config_records and CONFIG_KEY in msg.content["config"]:
         payload, _, runtime = _setup(msg, context)
         cfg = payload.cfg
@@ -207,5 +209,5 @@ def query(msg: Message, context: Context) -> Message:
             for hook in _evaluation_hooks(cfg):
                 hook.before_evaluate(runtime.model, state, x)
             return Message(content=half.answer(runtime.model, x), reply_to=msg)
-    return Message(content=RecordDict({"site": ConfigRecord({SITE_KEY: site_id(context)})}),
-                   reply_to=msg)
+        roll_call[EXAMPLES_KEY] = len(runtime.site(site_id(context)).train_y)
+    return Message(content=RecordDict({"site": ConfigRecord(roll_call)}), reply_to=msg)

@@ -9,6 +9,10 @@ updates (with every other invalid reply: fedcls.apps.screening), aggregates the 
 ``min_train_nodes`` usable replies arrive. Each round's metrics.jsonl row lists the sites that
 failed, by reason, under ``faults``. Faults apply to training messages only.
 
+A Byzantine site (``byzantine_site``) answers every training round with a malicious reply
+(``byzantine_attack``, or each of ``ATTACKS`` in turn): the attacks of issue 16 that the server's
+screening (fedcls.apps.screening) must refuse, naming the site, while the honest sites go on.
+
 A straggler's delay is added on the way back (the server waits for it in real time, up to the
 deadline) rather than slept inside the client: in a simulation, clients share actors, and a
 sleeping actor would hold up every client queued behind it, which a real slow site does not.
@@ -25,7 +29,7 @@ import torch
 from flwr.app import Message
 
 from fedcls.algorithms.feature import ClientHalf, Extension, Feature
-from fedcls.schema import Config
+from fedcls.schema import BYZANTINE_ATTACKS, Config
 
 KINDS = ("drop", "crash", "nan", "straggler")
 
@@ -113,9 +117,48 @@ def divergence_hint(cfg: Config, usable: int, failed: dict) -> str:
     return hint + "." + injected
 
 
+def attack_of(cfg: Config, rnd: int, site: int) -> str | None:
+    """The attack `site` sends in round `rnd` (None: it is honest)."""
+    f = cfg.faults
+    if site != f.byzantine_site:
+        return None
+    return BYZANTINE_ATTACKS[(rnd - 1) % len(BYZANTINE_ATTACKS)] if f.byzantine_attack == "cycle" else f.byzantine_attack
+
+
+def _floats(weights: dict, make) -> dict:
+    return {k: make(v) if v.is_floating_point() else v for k, v in weights.items()}
+
+
+def malicious(attack: str, weights: dict, metrics: dict, sent: dict, num_clients: int) -> tuple[dict, dict]:
+    """(weights, metrics) of a Byzantine reply; `weights` the honest ones, `sent` the global ones."""
+    first = next(k for k, v in weights.items() if v.is_floating_point())
+    if attack == "huge_count":  # random weights that would own any example-weighted mean
+        return _floats(weights, torch.randn_like), {**metrics, "num-examples": 10**12}
+    if attack == "negative_count":
+        return weights, {**metrics, "num-examples": -2000}
+    if attack == "tiny_shape":  # arrays numpy would broadcast into the mean
+        return _floats(weights, lambda v: torch.zeros(1, dtype=v.dtype)), metrics
+    if attack == "wrong_shape":
+        return {**weights, first: torch.zeros(3, 3)}, metrics
+    if attack == "extra_key":
+        return {**weights, "backdoor.weight": torch.zeros(2)}, metrics
+    if attack == "missing_key":
+        return {k: v for k, v in weights.items() if k != first}, metrics
+    if attack == "huge_weights":  # finite, but the mean's loss overflows
+        return _floats(weights, lambda v: torch.full_like(v, 1e30)), metrics
+    if attack == "boosted":  # model replacement: the update scaled to outweigh everyone else's
+        return {k: sent[k] + 1000 * (v - sent[k]) if v.is_floating_point() else v for k, v in weights.items()}, metrics
+    if attack == "bad_metric":
+        return weights, {**metrics, "train_loss": math.inf}
+    if attack == "impostor":  # claims to be another site
+        return weights, {**metrics, "site": float((metrics["site"] + 1) % num_clients)}
+    raise ValueError(f"unknown attack {attack!r}: one of {', '.join(BYZANTINE_ATTACKS)}")
+
+
 class FaultInjection(ClientHalf):
     """The client half of fault injection: a crash raises before training, a NaN fault poisons
-    the weights sent (drops and stragglers are acted out by the server half, FaultDelivery)."""
+    the weights sent, a Byzantine site sends its attack (drops and stragglers are acted out by
+    the server half, FaultDelivery)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -123,8 +166,13 @@ class FaultInjection(ClientHalf):
     def before_train(self, rnd: int, site: int) -> None:
         client_side(self.cfg, rnd, site)
 
-    def outgoing_weights(self, job, weights: dict) -> dict:
-        return poisoned(weights) if fault_of(self.cfg, job.round, job.site) == "nan" else weights
+    def outgoing(self, job, weights: dict, metrics: dict) -> tuple[dict, dict]:
+        if fault_of(self.cfg, job.round, job.site) == "nan":
+            return poisoned(weights), metrics
+        if attack := attack_of(self.cfg, job.round, job.site):
+            sent = job.msg.content["arrays"].to_torch_state_dict()
+            return malicious(attack, weights, metrics, sent, self.cfg.num_clients)
+        return weights, metrics
 
 
 class FaultDelivery(Extension):
@@ -141,5 +189,5 @@ class FaultDelivery(Extension):
         return delay_stragglers(self.cfg, rnd, replies, site_of_node, sent_at)
 
 
-FEATURE = Feature("faults", lambda cfg: any(cfg.faults.probabilities().values()),
+FEATURE = Feature("faults", lambda cfg: any(cfg.faults.probabilities().values()) or cfg.faults.byzantine_site >= 0,
                   server=lambda cfg, data: FaultDelivery(cfg), client=FaultInjection)

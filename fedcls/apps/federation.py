@@ -23,7 +23,7 @@ import strategies
 from fedcls.algorithms.models import build_model
 from fedcls.algorithms.training import evaluate
 from fedcls.apps import faults
-from fedcls.apps.client_app import SITE_KEY
+from fedcls.apps.client_app import EXAMPLES_KEY, SITE_KEY
 from fedcls.apps.features import extensions_for
 from fedcls.apps.payload import CONFIG_KEY, Payload
 from fedcls.apps.screening import ReplyScreen
@@ -111,16 +111,22 @@ def push_and_pull(grid: Grid, messages: Iterable[Message], timeout: float | None
     return replies
 
 
-def discover_sites(grid: Grid, expected: int) -> dict[int, int]:
-    """Ask every node which site it serves: {node id: site id}."""
+def discover_sites(grid: Grid, expected: int, payload: str | None = None) -> tuple[dict[int, int], dict[int, int]]:
+    """The roll call: ask every node which site it serves and, when the config `payload` goes
+    with the question, how many training samples it holds: ({node id: site id}, {site id: samples})."""
     while len(nodes := list(grid.get_node_ids())) < expected:
         time.sleep(0.2)
-    messages = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in nodes]
+    config = {CONFIG_KEY: payload} if payload else None
+    messages = [Message(RecordDict({"config": ConfigRecord(config)} if config else {}), dst_node_id=n,
+                        message_type="query") for n in nodes]
     replies = grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S)
     if failed := [m for m in replies if m.has_error()]:  # not a roster problem: the nodes did not answer
         raise RuntimeError(f"{len(failed)} of {len(nodes)} nodes failed to say which site they serve "
                            f"(first: {short_reason(str(failed[0].error.reason))[:300]})")
-    return {m.metadata.src_node_id: int(m.content["site"][SITE_KEY]) for m in replies}
+    site_of_node = {m.metadata.src_node_id: int(m.content["site"][SITE_KEY]) for m in replies}
+    declared = {int(m.content["site"][SITE_KEY]): int(m.content["site"][EXAMPLES_KEY]) for m in replies
+                if EXAMPLES_KEY in m.content["site"]}
+    return site_of_node, declared
 
 
 def site_local_keys(cfg: Config, ds: Dataset) -> set[str]:
@@ -178,6 +184,11 @@ def _trained_sites(replies: list[Message]) -> list[list[int]]:
 def check_roster(site_of_node: dict[int, int], num_clients: int) -> None:
     """Every site 0..num_clients-1 served by exactly one node, or a clear error."""
     sites = sorted(site_of_node.values())
+    if twice := sorted({s for s in sites if sites.count(s) > 1}):
+        raise ConfigError(
+            f"site(s) {twice[:12]} are each served by more than one node: give every SuperNode its own site "
+            f"(its node config's data-dir with its own site.json, or site-id=<k>); num_clients={num_clients} "
+            f"needs sites 0..{num_clients - 1}, one node each")
     if sites != list(range(num_clients)):
         raise ConfigError(
             f"the federation's {len(sites)} nodes serve sites {sites[:12]}{'...' if len(sites) > 12 else ''}"
@@ -190,19 +201,19 @@ def run_federation(grid: Grid, cfg: Config, data: FederatedData, recorder: Recor
     """Run cfg.rounds rounds of the configured strategy over `grid`; returns the weights.
     `resume`: a checkpoint (fedcls.outputs.checkpoint) to continue from; `client_state_dir`: where
     simulated clients keep their state for checkpoints (None: no checkpoints of client state)."""
-    site_of_node = discover_sites(grid, cfg.num_clients)
+    federation = federation_info(data.dataset)
+    site_of_node, declared = discover_sites(grid, cfg.num_clients, Payload(cfg, federation).to_json())
     check_roster(site_of_node, cfg.num_clients)
     grid = SiteOrderedGrid(grid, site_of_node)
     arrays, evaluate_global = global_evaluator(cfg, data.dataset)
     recorder.start(data)
     strategy, extensions, first = build_strategy(cfg), extensions_for(cfg, data), 1
-    screen = ReplyScreen(cfg, data, arrays, site_local_keys(cfg, data.dataset))
+    screen = ReplyScreen(cfg, data, arrays, site_local_keys(cfg, data.dataset), declared)
     if resume is not None:
         checkpoint.restore_into(resume, strategy, extensions)
         first, arrays = resume["round"] + 1, ArrayRecord(resume["arrays"])
         recorder.resume_from(resume["rows"], resume["extras"])
         checkpoint.restore_rng(resume)
-    federation = federation_info(data.dataset)
     for rnd in range(first, cfg.rounds + 1):
         saved = ({"dir": str(client_state_dir), "upto": _last_checkpoint(cfg, rnd)}
                  if client_state_dir is not None else None)  # clients write their state; a resume reads it up to here

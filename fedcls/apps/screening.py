@@ -4,13 +4,15 @@ when
 
 - its weights are not the global model's: an unexpected or missing array (a strategy that keeps
   layers at the sites, FedBN, may leave out its BatchNorm), another shape or dtype, a non-finite value;
-- its ``num-examples`` is not a whole number in [0, the site's training samples, plus the replay
-  memory in a continual run] (the weight every
+- another named record (SCAFFOLD's control-variate change, EWC's importances) holds an array
+  under a model key with another shape or dtype, or a non-scalar under any other key;
+- its ``num-examples`` is not a whole number in [0, the training samples the site declared when
+  the run started (the roll call), plus the replay memory in a continual run] (the weight every
   FedAvg-style mean gives it: one site claiming 10**12 examples would otherwise own the average);
-  ``screening.max_examples`` sets the bound where the server does not hold the sites' data;
-- a metric it reports is not a finite number;
+  ``screening.max_examples`` caps what a site may declare;
+- a metric it reports is not a finite number, or its ``site`` metric names another site;
 - with ``screening.norm_ratio`` > 0: its update (weights - global weights) is longer than that many
-  times the round's median update (three replies or more).
+  times the round's median update (over three or more replies that trained on data).
 
 The run goes on with the others; fewer usable replies than ``faults.min_train_nodes`` stop it.
 Hand-written: Flower's strategies aggregate whatever arrives, and its Byzantine-robust strategies
@@ -42,17 +44,15 @@ class Screened:
 class ReplyScreen:
     """Checks each round's training replies against the global weights sent and the sites' data."""
 
-    def __init__(self, cfg: Config, data: FederatedData, initial: ArrayRecord, site_local_keys: set[str]):
+    def __init__(self, cfg: Config, data: FederatedData, initial: ArrayRecord, site_local_keys: set[str],
+                 declared: dict[int, int] | None = None):
         """`initial`: the model's weights as the run starts (their keys, shapes and dtypes are what a
-        site's model sends back: an aggregate may change a dtype, Flower's mean of integer counters)."""
+        site's model sends back: an aggregate may change a dtype, Flower's mean of integer counters);
+        `declared`: each site's training samples as it declared them at the roll call (None: the
+        server's own partition of the data)."""
         self.cfg, self.site_local_keys = cfg, set(site_local_keys)
         self.expected = {k: (tuple(a.shape), a.dtype) for k, a in initial.items()}
-        replay = cfg.continual.memory_size if cfg.continual.kind != "none" and "replay" in cfg.continual.method else 0
-        sizes = [len(site.train_idx) + replay for site in data.sites]  # replay: an experience + the memory
-        if cfg.backend.pre_aggregate:
-            sizes = [sum(sizes)] * len(sizes)  # a cohort's first reply carries the cohort's examples
-        bound = cfg.screening.max_examples
-        self.max_examples = {s: bound or size for s, size in enumerate(sizes)}
+        self.max_examples = example_bounds(cfg, data, declared)
 
     def screen(self, sent: list[Message], replies: list[Message], site_of_node: dict[int, int],
                arrays: ArrayRecord) -> Screened:
@@ -87,30 +87,45 @@ class ReplyScreen:
             shape, dtype = expected[key]
             if tuple(array.shape) != shape or array.dtype != dtype:
                 return f"array '{key}' is {array.dtype}{list(array.shape)}, the model's is {dtype}{list(shape)}"
+        if why := self._why_bad_records(msg):
+            return why
         if not _finite(msg):
             return NON_FINITE
         return self._why_bad_metrics(msg.content["metrics"], site)
+
+    def _why_bad_records(self, msg: Message) -> str | None:
+        """Named records besides the weights: model keys as the model has them, others scalars."""
+        for name, record in msg.content.array_records.items():
+            for key, array in record.items() if name != "arrays" else ():
+                shape, dtype = self.expected.get(key, ((), None))
+                if tuple(array.shape) != shape and not (dtype is None and array.numpy().size == 1):
+                    return f"record '{name}' holds '{key}' as {list(array.shape)}, expected {list(shape)}"
+                if dtype is not None and array.dtype != dtype:
+                    return f"record '{name}' holds '{key}' as {array.dtype}, the model's is {dtype}"
+        return None
 
     def _why_bad_metrics(self, metrics, site: int) -> str | None:
         for key, value in metrics.items():
             values = value if isinstance(value, list) else [value]
             if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
                 return f"metric '{key}' is not a finite number ({str(value)[:40]})"
+        if "site" in metrics and metrics["site"] != site:
+            return f"it claims to be site {metrics['site']:g}, but its node serves site {site}"
         n, bound = metrics.get("num-examples"), self.max_examples.get(site, 0)
         if n is None or n != int(n) or not 0 <= n <= bound:
-            return (f"num-examples={n:g} is not a whole number in [0, {bound}] (the site's training samples; "
-                    f"screening.max_examples sets another bound)" if n is not None else "no num-examples")
+            return (f"num-examples={n:g} is not a whole number in [0, {bound}] (the training samples the site "
+                    f"declared; screening.max_examples caps them)" if n is not None else "no num-examples")
         return None
 
     def _screen_norms(self, verdicts: list, arrays: ArrayRecord) -> None:
         ratio = self.cfg.screening.norm_ratio
-        valid = [i for i, (_, _, why) in enumerate(verdicts) if why is None]
-        if ratio <= 0 or len(valid) < 3:
+        valid = [i for i, (m, _, why) in enumerate(verdicts) if why is None and m.content["metrics"]["num-examples"] > 0]
+        if ratio <= 0 or len(valid) < 3:  # sites without data this round (continual) sent the weights back
             return
         start = {k: a.numpy() for k, a in arrays.items()}
         norms = {i: _update_norm(verdicts[i][0].content["arrays"], start) for i in valid}
         limit = ratio * statistics.median(norms.values())
-        for i, norm in norms.items():
+        for i, norm in norms.items() if limit > 0 else ():
             if norm > limit:
                 m, site, _ = verdicts[i]
                 verdicts[i] = (m, site, f"update norm {norm:.3g} is above {ratio:g} x the round's median "
@@ -118,6 +133,19 @@ class ReplyScreen:
 
 
 NON_FINITE = "non-finite values"
+
+
+def example_bounds(cfg: Config, data: FederatedData, declared: dict[int, int] | None) -> dict[int, int]:
+    """The most num-examples each site's reply may claim: its declared (else partitioned) training
+    samples, plus the replay memory (an experience and the memory train together), capped by
+    screening.max_examples; with pre-aggregation, the whole cohort's (its first reply carries them)."""
+    replay = cfg.continual.memory_size if cfg.continual.kind != "none" and "replay" in cfg.continual.method else 0
+    counts = declared if declared is not None else {s: len(site.train_idx) for s, site in enumerate(data.sites)}
+    cap = cfg.screening.max_examples or math.inf
+    sizes = {s: int(min(n + replay, cap)) for s, n in counts.items()}
+    if cfg.backend.pre_aggregate:
+        sizes = dict.fromkeys(sizes, sum(sizes.values()))
+    return sizes
 
 
 def _finite(msg: Message) -> bool:

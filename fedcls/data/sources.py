@@ -165,7 +165,7 @@ def read_image_folder(root: Path, shape: tuple[int, int, int]) -> tuple[torch.Te
         transforms.Lambda(lambda img: img.convert("L" if channels == 1 else "RGB")),
         transforms.Resize((height, width)), transforms.PILToTensor()])
     try:
-        folder = datasets.ImageFolder(str(root), transform=to_tensor, allow_empty=True)
+        folder = datasets.ImageFolder(str(root), transform=to_tensor, allow_empty=True, loader=open_image)
     except (FileNotFoundError, OSError) as err:
         raise DataError(f"{root}: no images in ImageFolder layout (<class>/<image>) ({err})") from None
     if not len(folder):
@@ -173,6 +173,32 @@ def read_image_folder(root: Path, shape: tuple[int, int, int]) -> tuple[torch.Te
     order = sorted(range(len(folder)), key=lambda i: (Path(folder.samples[i][0]).name, folder.samples[i][1]))
     images, labels = zip(*(folder[i] for i in order))
     return torch.stack(images), torch.tensor(labels), folder.classes
+
+
+MAX_PIXELS = 64_000_000  # an image larger than this (8000 x 8000) is refused before it is decoded
+MAX_SIDE = 1024  # pixels a side a dataset may keep (data.image_size's bound)
+
+
+def open_image(path: str | Path, decode: bool = True):
+    """A decoded PIL image (`decode` False: its header only), or a DataError naming the file: empty,
+    corrupt or truncated files, and images too large to decode safely (their size is read from the
+    header first)."""
+    from PIL import Image
+
+    too_large = f"more than fedcls decodes ({MAX_PIXELS // 1_000_000} megapixels): downscale it or remove it"
+    try:
+        img = Image.open(path)
+        if img.width * img.height > MAX_PIXELS:
+            img.close()
+            raise DataError(f"{path} is {img.width} x {img.height} pixels, {too_large}")
+        if decode:
+            img.load()
+        return img
+    except Image.DecompressionBombError as err:  # PIL's own limit, met while reading the header
+        raise DataError(f"{path}: {str(err).split(',')[0]}, {too_large}") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path} is not a readable image ({type(err).__name__}: {err}): replace or "
+                        f"delete it") from None
 
 
 def _image_folder_root(data: DataConfig) -> Path:
@@ -204,15 +230,16 @@ def load_image_folder(data: DataConfig) -> Dataset:
     """Your own images: data.image_folder/train/<class>/<image> (+ test/<class>/<image>; without
     it, data.test_fraction is held out). Channels and size from the first image unless
     data.image_size is set (images are resized to it)."""
-    from PIL import Image
-
     root = _image_folder_root(data)
     first = next((p for p in sorted((root / "train").rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES), None)
     if first is None:
         raise DataError(f"{root / 'train'} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
-    with Image.open(first) as img:
+    with open_image(first, decode=False) as img:
         channels, (width, height) = (1 if img.mode in ("L", "1", "I", "F") else 3), img.size
     size = data.image_size
+    if not size and max(width, height) > MAX_SIDE:
+        raise DataError(f"{first} is {width} x {height} pixels and data.image_size=0 keeps that size for every "
+                        f"image: set data.image_size=<side, at most {MAX_SIDE}> to resize them")
     shape = (channels, size or height, size or width)
     x, y, classes = read_image_folder(root / "train", shape)
     if not (root / "test").is_dir():

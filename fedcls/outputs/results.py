@@ -37,8 +37,7 @@ def versions() -> dict[str, str]:
 
 def new_run_dir(cfg: Config) -> Path:
     """A fresh folder under cfg.output_dir named by run_id (or time, scenario, strategy, seed)."""
-    scenario = str(cfg.scenario or cfg.partition.kind)
-    scenario = Path(scenario).stem if scenario.endswith((".yaml", ".yml")) else scenario
+    scenario = cfg.scenario or (Path(cfg.scenario_file).stem if cfg.scenario_file else cfg.partition.kind)
     name = cfg.run_id or (f"{datetime.now():%Y%m%d-%H%M%S}-{scenario}-"
                              f"{cfg.strategy.name}-s{cfg.seed}")
     base = Path(cfg.output_dir).expanduser()
@@ -148,7 +147,7 @@ class Recorder:
             "best_accuracy": accs[best] if accs else None,
             "best_round": self.rows[best]["round"] if accs else None,
             "seconds": time.time() - self.started, "seed": self.cfg.seed,
-            "scenario": self.cfg.scenario, "strategy": self.cfg.strategy.name,
+            "scenario": self.cfg.scenario or self.cfg.scenario_file, "strategy": self.cfg.strategy.name,
             "dataset": self.cfg.dataset, "model": self.cfg.model.name,
             "num_clients": self.cfg.num_clients, "partition": self.cfg.partition.kind,
             "partition_counts": self.partition_counts,

@@ -7,7 +7,9 @@ arrays and scalars, Flower ArrayRecords, and lists, tuples, dicts and plain obje
 and leaves out what its constructor rebuilds from the config (functions, the config itself, torch
 modules and devices) or the object names in its ``TRANSIENT`` attribute (the round's grid, say).
 ``restore(obj, state)`` writes that state into a freshly built object of the
-same config. A type it does not know stops the save with its name, so no state is silently lost.
+same config (a ``defaultdict`` there keeps its type). A type it does not know stops the save with its
+name, so no state is silently lost; a caller that knows more types (Avalanche's ParamData, a model)
+passes ``custom`` encoders and the matching decoders.
 Hand-written: pickle runs code on load, and torch's weights_only format holds tensors and plain
 containers, not objects.
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import types
+from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,20 +30,28 @@ REBUILT = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, torc
            type, types.ModuleType)
 
 
-def encode(obj: object) -> dict:
+Custom = dict[type, tuple[str, Callable]]  # type -> (kind, encode(value) -> data); decoders: kind -> build(data)
+
+
+def encode(obj: object, custom: Custom | None = None) -> dict:
     """The state attributes of `obj` (see the module docstring)."""
     transient = set(getattr(obj, "TRANSIENT", ()))
     return {name: encoded for name, value in vars(obj).items() if name not in transient
-            and (encoded := _value(value, f"{type(obj).__name__}.{name}")) is not _SKIP}
+            and (encoded := _value(value, f"{type(obj).__name__}.{name}", custom or {})) is not _SKIP}
 
 
-def restore(obj: object, state: dict) -> None:
+def restore(obj: object, state: dict, decoders: dict[str, Callable] | None = None) -> None:
     """Write `state` (from ``encode``) into `obj`, a fresh object built from the same config."""
     for name, value in state.items():
         if isinstance(value, dict) and value.get(TAG) == "object":
-            restore(getattr(obj, name), value["v"])
+            restore(getattr(obj, name), value["v"], decoders)
+            continue
+        decoded, current = _decoded(value, decoders or {}), getattr(obj, name, None)
+        if isinstance(current, defaultdict) and isinstance(decoded, dict):
+            current.clear()
+            current.update(decoded)
         else:
-            setattr(obj, name, _decoded(value))
+            setattr(obj, name, decoded)
 
 
 class _Skip:
@@ -49,7 +61,10 @@ class _Skip:
 _SKIP = _Skip()
 
 
-def _value(value: object, where: str):
+def _value(value: object, where: str, custom: Custom):
+    for kind_of, (kind, make) in custom.items():
+        if isinstance(value, kind_of):
+            return {TAG: kind, "v": make(value)}
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
         return value
     if isinstance(value, REBUILT) or dataclasses.is_dataclass(value) or callable(value):
@@ -59,7 +74,7 @@ def _value(value: object, where: str):
     if isinstance(value, ArrayRecord):
         return {TAG: "arrayrecord", "v": value.to_torch_state_dict()}
     if isinstance(value, (list, tuple)):
-        items = [_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [_value(v, f"{where}[{i}]", custom) for i, v in enumerate(value)]
         if any(v is _SKIP for v in items):
             raise TypeError(f"{where} holds a value a checkpoint cannot keep as data")
         return items if isinstance(value, list) else {TAG: "tuple", "v": items}
@@ -71,9 +86,9 @@ def _value(value: object, where: str):
     if isinstance(value, dict):
         if not all(isinstance(k, (str, int)) for k in value):
             raise TypeError(f"{where} has keys that are not strings or integers")
-        return {TAG: "dict", "v": [[k, _value(v, f"{where}[{k!r}]")] for k, v in value.items()]}
+        return {TAG: "dict", "v": [[k, _value(v, f"{where}[{k!r}]", custom)] for k, v in value.items()]}
     if hasattr(value, "__dict__"):
-        return {TAG: "object", "v": encode(value)}
+        return {TAG: "object", "v": encode(value, custom)}
     raise TypeError(f"{where} is a {type(value).__name__}, which a checkpoint cannot keep as data")
 
 
@@ -86,12 +101,14 @@ def _array(value: np.ndarray | np.generic, where: str) -> dict:
             "v": torch.from_numpy(np.ascontiguousarray(wide.reshape(-1) if wide.ndim == 0 else wide))}
 
 
-def _decoded(value: object):
+def _decoded(value: object, decoders: dict[str, Callable]):
     if isinstance(value, list):
-        return [_decoded(v) for v in value]
+        return [_decoded(v, decoders) for v in value]
     if not isinstance(value, dict) or TAG not in value:
         return value
     kind, inner = value[TAG], value["v"]
+    if kind in decoders:
+        return decoders[kind](inner)
     if kind == "ndarray":
         return inner.numpy().astype(np.dtype(value["dtype"]))
     if kind == "npscalar":
@@ -99,9 +116,9 @@ def _decoded(value: object):
     if kind == "arrayrecord":
         return ArrayRecord(inner)
     if kind == "tuple":
-        return tuple(_decoded(v) for v in inner)
+        return tuple(_decoded(v, decoders) for v in inner)
     if kind == "set":
         return set(inner)
     if kind == "dict":
-        return {k: _decoded(v) for k, v in inner}
+        return {k: _decoded(v, decoders) for k, v in inner}
     raise ValueError(f"unknown encoded kind {kind!r}")

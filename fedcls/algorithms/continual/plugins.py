@@ -18,15 +18,20 @@ dataloader (ReplayPlugin) are not driven here: replay has its own hook (replay.p
 Tried: EWCPlugin (the anchor test against Avalanche's own EWC strategy), LwFPlugin, MASPlugin,
 SynapticIntelligencePlugin (tests/test_continual.py).
 
-A plugin's state (EWC's importances and saved parameters, LwF's previous model, ...) is
-pickled into the client's state after each round and restored before the next, so it survives
-across rounds and experiences whichever Ray actor serves the site.
+A plugin's state (EWC's importances and saved parameters, LwF's previous model, ...) goes into the
+client's state after each round and back into a fresh plugin before the next, so it survives
+across rounds and experiences whichever Ray actor serves the site. It is kept as data, never
+pickled (a crafted state file must not run code, issue 16): its attributes through
+fedcls.outputs.state_codec, Avalanche's ParamData as (name, tensor), a model as its state_dict
+(rebuilt as a copy of the site's model), the structure as JSON beside the tensors.
+Hand-written: Avalanche plugins have no state_dict of their own.
 """
 
 from __future__ import annotations
 
 import ast
-import io
+import copy
+import json
 from types import SimpleNamespace
 
 import torch
@@ -69,15 +74,62 @@ def make_plugin(spec: str):
         raise ConfigError(f"continual.plugins: {name}({kwargs}) failed: {err}") from None
 
 
-def dump(obj) -> dict[str, torch.Tensor]:
-    """An object as a client-state entry (its pickle as uint8)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return {"pickle": torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)}
+STRUCTURE, TENSOR = "structure", "~tensor"  # a dumped plugin: its state as JSON, tensors beside it
 
 
-def load(entry: dict[str, torch.Tensor]):
-    return torch.load(io.BytesIO(entry["pickle"].numpy().tobytes()), weights_only=False)
+def dump(plugin) -> dict[str, torch.Tensor]:
+    """A plugin's state as a client-state entry: named tensors only (the module docstring)."""
+    from avalanche.training.utils import ParamData
+
+    from fedcls.outputs.state_codec import encode
+
+    custom = {ParamData: ("paramdata", lambda p: [p.name, p.data.detach().cpu()]),
+              nn.Module: ("module", lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()})}
+    tensors: dict[str, torch.Tensor] = {}
+    structure = json.dumps(_tensors_out(encode(plugin, custom), tensors))
+    return {STRUCTURE: torch.frombuffer(bytearray(structure.encode()), dtype=torch.uint8), **tensors}
+
+
+def load(entry: dict[str, torch.Tensor], plugin, model: nn.Module):
+    """`plugin`, freshly made, with the state `dump` kept; models rebuilt as copies of `model`."""
+    from avalanche.training.utils import ParamData
+
+    from fedcls.outputs.state_codec import restore
+
+    if STRUCTURE not in entry:
+        raise ValueError("this site's continual state was written by an older fedcls (a pickled plugin, which "
+                         "is no longer read): delete the site's state-dir file or start the run afresh")
+    device = next(model.parameters()).device
+
+    def module(state: dict):
+        rebuilt = copy.deepcopy(model)
+        rebuilt.load_state_dict(state)
+        return rebuilt
+
+    decoders = {"paramdata": lambda v: ParamData(v[0], init_tensor=v[1].to(device), device=device), "module": module}
+    restore(plugin, _tensors_in(json.loads(bytes(entry[STRUCTURE].numpy()).decode()), entry), decoders)
+    return plugin
+
+
+def _tensors_out(value, tensors: dict):
+    """`value` with each tensor moved into `tensors` and replaced by a reference to it."""
+    if isinstance(value, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = value.detach().cpu()
+        return {TENSOR: key}
+    if isinstance(value, dict):
+        return {k: _tensors_out(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tensors_out(v, tensors) for v in value]
+    return value
+
+
+def _tensors_in(value, tensors: dict):
+    if isinstance(value, dict):
+        return tensors[value[TENSOR]] if set(value) == {TENSOR} else {k: _tensors_in(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tensors_in(v, tensors) for v in value]
+    return value
 
 
 class AvalancheView(SimpleNamespace):
@@ -119,7 +171,7 @@ class PluginHook(Hook):
 
     def before_training(self, ctx: TrainContext) -> None:
         entry = ctx.state.get(self.key)
-        self.plugin = load(entry) if entry is not None else self.new_plugin()
+        self.plugin = load(entry, self.new_plugin(), ctx.model) if entry is not None else self.new_plugin()
         if 0 <= self.previous < self.current:  # the site has finished `previous`
             self.view = AvalancheView(ctx, self.stream.train_experience(self.previous), self.previous)
             self.finish_experience(ctx)
