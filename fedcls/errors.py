@@ -1,9 +1,19 @@
 """User-facing errors: each becomes one clear message and exit code 2, never a traceback.
-A run stopped by Ctrl-C exits with 130; a client's failure travels as one line plus its traceback."""
+A run stopped by Ctrl-C exits with 130; a client's failure travels as one line plus its traceback.
 
+Ctrl-C while a simulation or sweep runs only sets ``STOP`` (``ctrl_c_deferred``); the command stops
+at its next safe point (``stop_if_asked``; a simulation's round loop at its next grid call), so the
+KeyboardInterrupt never lands inside a library. Measured before: Ctrl-C during start-up was
+swallowed by an import and the run went on to completion, or landed in logging's module lock and
+deadlocked the ServerApp thread, or the process segfaulted at exit. A second Ctrl-C interrupts at once.
+"""
+
+import contextlib
 import difflib
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -30,6 +40,35 @@ class Interrupted(KeyboardInterrupt):
     exit_code = 130
 
 
+STOP = threading.Event()  # set by the first Ctrl-C while a command runs
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred():
+    """Within: the first Ctrl-C sets STOP (and says so), a second one raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    STOP.clear()
+
+    def first(signum, frame) -> None:
+        STOP.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nstopping at the next safe point (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stop_if_asked() -> None:
+    """A safe point: raise KeyboardInterrupt if Ctrl-C was pressed."""
+    if STOP.is_set():
+        raise KeyboardInterrupt
+
+
 def failure_reason(err: BaseException) -> str:
     """A client's failure as a Flower ``Error`` reason: ``Type: message``, then its traceback."""
     return f"{type(err).__name__}: {err}{TRACEBACK_MARK}{''.join(traceback.format_exception(err)).rstrip()}"
@@ -51,20 +90,23 @@ def unknown_name(kind: str, name: object, valid: list[str], key: str | None = No
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell tool killed by it reports
 
 
-def run_cli(command: Callable[[list[str]], int], argv: list[str] | None, usage: str) -> int:
+def run_cli(command: Callable[[list[str]], int], argv: list[str] | None, usage: str,
+            defer_ctrl_c: bool = False) -> int:
     """A ``python -m fedcls.<tool>`` entry point: ``--help`` prints `usage`; otherwise `command`
-    runs on the arguments, a UserError becoming one line and exit 2."""
+    runs on the arguments, a UserError becoming one line and exit 2 (`defer_ctrl_c`: exit_code_of)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(args):
         return exit_code_of(lambda: print(usage) or 0)
-    return exit_code_of(lambda: command(args))
+    return exit_code_of(lambda: command(args), defer_ctrl_c)
 
 
-def exit_code_of(command: Callable[[], int]) -> int:
+def exit_code_of(command: Callable[[], int], defer_ctrl_c: bool = False) -> int:
     """Run a CLI command; a UserError becomes 'error: ...' on stderr and its exit code, Ctrl-C
-    exit code 130 (a run reports its own interruption: fedcls.engine.runner)."""
+    exit code 130 (a run reports its own interruption: fedcls.engine.runner). `defer_ctrl_c`: for
+    commands that run simulations (they have safe points), Ctrl-C waits for the next one."""
     try:
-        return command()
+        with ctrl_c_deferred() if defer_ctrl_c else contextlib.nullcontext():
+            return command()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

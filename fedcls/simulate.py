@@ -16,7 +16,7 @@ from fedcls.errors import UserError, exit_code_of
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    return exit_code_of(lambda: _main(args))
+    return exit_code_of(lambda: _main(args), defer_ctrl_c=True)
 
 
 def _main(args: list[str]) -> int:

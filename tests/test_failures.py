@@ -127,6 +127,26 @@ def test_ctrl_c_exits_130_and_an_interrupted_run_is_not_reported_twice(capsys):
     assert exit_code_of(ctrl_c_elsewhere) == 130 and capsys.readouterr().err == "interrupted\n"
 
 
+def test_the_first_ctrl_c_only_asks_to_stop_and_a_second_one_interrupts(capsys):
+    import os
+    import signal
+    import time
+
+    from fedcls.errors import STOP, ctrl_c_deferred, stop_if_asked
+
+    before = signal.getsignal(signal.SIGINT)
+    with ctrl_c_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs in the main thread between bytecodes
+        assert STOP.is_set() and "stopping at the next safe point" in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            stop_if_asked()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_quiet_warnings_hide_deprecations_only_while_fedcls_calls_flower():
     from fedcls.engine.logs import quiet_logs, quiet_warnings
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import Iterable
 
 from flwr.app import Message
@@ -86,13 +87,16 @@ def _actors(backend: BackendConfig, count: int) -> list:
     return [remote.remote() for _ in range(count)]
 
 
-def run_cohorts(cfg: Config, data: FederatedData, recorder, resume: dict | None = None) -> None:
-    """A simulation whose clients train in cohorts on Ray actors (see module docstring)."""
+def run_cohorts(cfg: Config, data: FederatedData, recorder, resume: dict | None = None,
+                stop: threading.Event | None = None) -> None:
+    """A simulation whose clients train in cohorts on Ray actors (see module docstring); once
+    `stop` is set (Ctrl-C) the round loop ends at its next grid call."""
     import ray
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedcls.apps.server_app import run_and_record
     from fedcls.engine.logs import quiet_logs
+    from fedcls.engine.simulation import StoppableGrid
 
     quiet_logs(cfg.verbose)
     started_here = not ray.is_initialized()
@@ -105,7 +109,7 @@ def run_cohorts(cfg: Config, data: FederatedData, recorder, resume: dict | None 
     workers = _actors(cfg.backend, cfg.backend.cohort_actors)
     try:
         grid = CohortGrid(cfg.num_clients, workers, recorder.echo, respawn=lambda: _actors(cfg.backend, 1)[0])
-        run_and_record(grid, cfg, data, recorder, resume)
+        run_and_record(StoppableGrid(grid, stop or threading.Event()), cfg, data, recorder, resume)
     finally:
         for actor in workers:
             ray.kill(actor)

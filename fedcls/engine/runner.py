@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from fedcls.data.federated import FederatedData, federated_data
-from fedcls.errors import Interrupted, UserError
+from fedcls.errors import Interrupted, UserError, stop_if_asked
 from fedcls.outputs import checkpoint
 from fedcls.outputs.locks import holding
 from fedcls.outputs.results import Recorder, new_run_dir
@@ -28,7 +28,9 @@ def run(cfg: Config, echo=print, resume_dir: Path | None = None) -> int:
 
 def _run(cfg: Config, echo, resume_dir: Path | None) -> int:
     started = time.time()
+    stop_if_asked()  # Ctrl-C while starting (fedcls.errors.ctrl_c_deferred): nothing written yet
     data = federated_data(cfg)  # missing data or an impossible partition stops here, with exit 2
+    stop_if_asked()
     resume = checkpoint.load(resume_dir) if resume_dir else None
     recorder = Recorder(resume_dir or new_run_dir(cfg), cfg, echo=echo or (lambda line: None))
     if echo is None:
@@ -52,6 +54,9 @@ def _simulate(cfg: Config, data: FederatedData, recorder: Recorder, resume: dict
     try:
         simulate(cfg, data, recorder, resume)
     except KeyboardInterrupt as err:
+        if recorder.status == "completed":  # Ctrl-C came after the last round was written: nothing lost
+            print("\ninterrupted after the run completed", file=sys.stderr, flush=True)
+            return 0
         _interrupted(recorder, err)
     except Exception as err:  # the ServerApp already wrote a 'failed' summary
         return _failed(recorder, err)

@@ -1,9 +1,10 @@
 """Launch a run on Flower's Simulation Engine with the Ray backend.
 
-On Ctrl-C Python interrupts the main thread only; Flower's ServerApp thread would go on waiting
-for replies that never come and keep the process alive. Its grid (StoppableGrid) therefore
-raises at the thread's next call once the main thread sets `stop`, so the round loop ends after
-whatever it was writing (a metrics line, a checkpoint) and its summary says interrupted.
+Ctrl-C stops a run at its next step (fedcls.errors.ctrl_c_deferred: the first Ctrl-C only sets
+``STOP``): the round loop's grid (StoppableGrid) raises at its next call once it is set, so the loop
+ends after whatever it was writing (a metrics line, a checkpoint), its summary says interrupted,
+Flower and Ray shut down as after a completed run, and then the runner reports the interruption
+(exit 130). In-process callers without that handler can set `stop` themselves.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 from fedcls.data.federated import FederatedData
 from fedcls.engine.flower_patches import RayWithoutShutdown, replace_dead_actors
 from fedcls.engine.logs import quiet_logs, quiet_warnings
+from fedcls.errors import STOP
 from fedcls.outputs.results import Recorder
 from fedcls.schema import Config
 
@@ -43,11 +45,15 @@ def simulate(cfg: Config, data: FederatedData, recorder: Recorder, resume: dict 
         if cfg.backend.executor == "cohort":
             from fedcls.engine.cohort_grid import run_cohorts
 
-            return run_cohorts(cfg, data, recorder, resume)
-        _flower_simulation(cfg, data, recorder, resume)
+            run_cohorts(cfg, data, recorder, resume, STOP)
+        else:
+            _flower_simulation(cfg, data, recorder, resume, STOP)
+    if STOP.is_set():  # the round loop stopped at Ctrl-C (or the run had just completed)
+        raise ServerStopped
 
 
-def _flower_simulation(cfg: Config, data: FederatedData, recorder: Recorder, resume: dict | None) -> None:
+def _flower_simulation(cfg: Config, data: FederatedData, recorder: Recorder, resume: dict | None,
+                       stop: threading.Event) -> None:
     quiet_logs(cfg.verbose)
     replace_dead_actors()
     from flwr.serverapp import ServerApp
@@ -55,7 +61,7 @@ def _flower_simulation(cfg: Config, data: FederatedData, recorder: Recorder, res
 
     from fedcls.apps.client_app import app as client_app
 
-    stop, running = threading.Event(), threading.Lock()
+    running = threading.Lock()
     server_app = ServerApp()
 
     @server_app.main()

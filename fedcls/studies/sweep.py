@@ -168,7 +168,7 @@ def _sweep(args: list[str], study: Path, common: list[str], points: list[list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(sweep, argv, __doc__)
+    return run_cli(sweep, argv, __doc__, defer_ctrl_c=True)
 
 
 if __name__ == "__main__":
