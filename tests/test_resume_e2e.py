@@ -1,5 +1,6 @@
-"""A run killed with SIGKILL after round 3 of 6 resumes from its checkpoint and its rounds equal
-an uninterrupted run's, to the last digit (SCAFFOLD: server and client state both matter)."""
+"""A run whose driver is killed with SIGKILL after round 3 of 6 leaves no Ray process behind for
+long, resumes from its checkpoint, and its rounds equal an uninterrupted run's, to the last digit
+(SCAFFOLD: server and client state both matter)."""
 
 import json
 import os
@@ -40,6 +41,36 @@ def uninterrupted_rows(tmp_path, monkeypatch) -> list[dict]:
     return recorder.rows
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def alive(pids: list[int]) -> list[int]:
+    """Those of `pids` still running (not gone, not a zombie)."""
+    running = []
+    for pid in pids:
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.append(pid)
+    return running
+
+
 def test_a_killed_run_resumes_exactly(tmp_path, cli, monkeypatch):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed = tmp_path / "killed" / "run"
@@ -53,8 +84,13 @@ def test_a_killed_run_resumes_exactly(tmp_path, cli, monkeypatch):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started (Ray too)
+        started = descendants(proc.pid)  # Ray's GCS, raylet, agents and client actors
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone, as the OOM killer would
         proc.wait()
+        deadline = time.time() + 30  # Ray's defaults left its agents waiting 60 s for the dead GCS
+        while alive(started) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not alive(started), f"Ray processes outlived the killed driver: {alive(started)}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

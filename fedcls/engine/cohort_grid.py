@@ -96,11 +96,12 @@ def run_cohorts(cfg: Config, data: FederatedData, recorder, resume: dict | None 
 
     from fedcls.apps.server_app import run_and_record
     from fedcls.engine.logs import quiet_logs
-    from fedcls.engine.simulation import StoppableGrid
+    from fedcls.engine.simulation import StoppableGrid, ray_dies_with_driver
 
     quiet_logs(cfg.verbose)
     started_here = not ray.is_initialized()
     if started_here:
+        ray_dies_with_driver(cfg.backend.ray_address)
         ray.init(address=cfg.backend.ray_address, include_dashboard=False, log_to_driver=cfg.verbose,
                  logging_level=logging.INFO if cfg.verbose else logging.WARNING,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path),

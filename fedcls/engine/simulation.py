@@ -26,6 +26,18 @@ STOP_WAIT_S = 10.0  # how long a stopped run waits for its ServerApp thread to e
 GRID_CALLS = ("get_node_ids", "push_messages", "pull_messages", "send_and_receive")
 
 
+RAY_RECONNECT_S = "5"  # how long Ray processes started here wait for a vanished GCS before exiting
+
+
+def ray_dies_with_driver(address: str | None) -> None:
+    """Make the Ray processes a local run starts (its GCS, raylet, agents) end within seconds of a
+    killed driver: by default Ray's dashboard and runtime-env agents wait 60 s for the dead GCS
+    (measured: 63 s after kill -9; 8 s with this). Set before Ray starts; not when attaching to an
+    existing cluster (``address``), whose GCS may restart and come back."""
+    if not address:
+        os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", RAY_RECONNECT_S)
+
+
 def backend_config(cfg: Config) -> dict:
     """Ray backend settings: client resources, and the cluster to attach to if any."""
     backend = cfg.backend
@@ -68,6 +80,7 @@ def _flower_simulation(cfg: Config, data: FederatedData, recorder: Recorder, res
     def main(grid, context) -> None:
         serve(grid, cfg, data, recorder, resume, stop, running)
 
+    ray_dies_with_driver(cfg.backend.ray_address)
     try:
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
                        backend_config=backend_config(cfg), verbose_logging=cfg.verbose)
@@ -136,6 +149,7 @@ def shared_ray(address: str | None = None, verbose: bool = False):
     from flwr.server.superlink.fleet.vce.backend import raybackend
 
     pythonpath = os.pathsep.join(sys.path)  # as Flower's backend does, so actors import fedcls
+    ray_dies_with_driver(address)
     with quiet_warnings(verbose):
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
                  logging_level=logging.INFO if verbose else logging.WARNING,
