@@ -95,8 +95,8 @@ def run_cohorts(cfg: Config, data: FederatedData, recorder, resume: dict | None 
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedcls.apps.server_app import run_and_record
+    from fedcls.engine.lifecycle import StoppableGrid, ray_dies_with_driver
     from fedcls.engine.logs import quiet_logs
-    from fedcls.engine.simulation import StoppableGrid, ray_dies_with_driver
 
     quiet_logs(cfg.verbose)
     started_here = not ray.is_initialized()

@@ -17,25 +17,13 @@ import threading
 
 from fedcls.data.federated import FederatedData
 from fedcls.engine.flower_patches import RayWithoutShutdown, replace_dead_actors
+from fedcls.engine.lifecycle import ServerStopped, StoppableGrid, ray_dies_with_driver
 from fedcls.engine.logs import quiet_logs, quiet_warnings
 from fedcls.errors import STOP
 from fedcls.outputs.results import Recorder
 from fedcls.schema import Config
 
 STOP_WAIT_S = 10.0  # how long a stopped run waits for its ServerApp thread to end
-GRID_CALLS = ("get_node_ids", "push_messages", "pull_messages", "send_and_receive")
-
-
-RAY_RECONNECT_S = "5"  # how long Ray processes started here wait for a vanished GCS before exiting
-
-
-def ray_dies_with_driver(address: str | None) -> None:
-    """Make the Ray processes a local run starts (its GCS, raylet, agents) end within seconds of a
-    killed driver: by default Ray's dashboard and runtime-env agents wait 60 s for the dead GCS
-    (measured: 63 s after kill -9; 8 s with this). Set before Ray starts; not when attaching to an
-    existing cluster (``address``), whose GCS may restart and come back."""
-    if not address:
-        os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", RAY_RECONNECT_S)
 
 
 def backend_config(cfg: Config) -> dict:
@@ -91,37 +79,6 @@ def _flower_simulation(cfg: Config, data: FederatedData, recorder: Recorder, res
             running.release()
         err.server_running = not stopped  # type: ignore[attr-defined]  # see fedcls.engine.runner
         raise
-
-
-class ServerStopped(KeyboardInterrupt):
-    """Raised in the ServerApp thread at its next grid call once the run was stopped."""
-
-
-class StoppableGrid:
-    """A Grid whose calls raise ServerStopped once `stop` is set (the module docstring says why)."""
-
-    def __init__(self, grid, stop: threading.Event):
-        self._grid, self._stop = grid, stop
-
-    def __getattr__(self, name):
-        attr = getattr(self._grid, name)
-        if name not in GRID_CALLS:
-            return attr
-        if name == "send_and_receive" and hasattr(self._grid, "push_messages"):
-            attr = self._send_and_receive
-
-        def checked(*args, **kwargs):
-            if self._stop.is_set():
-                raise ServerStopped
-            return attr(*args, **kwargs)
-
-        return checked
-
-    def _send_and_receive(self, messages, timeout: float | None = None):
-        """Flower's, except that its waits for replies pull through this grid (and so stop)."""
-        from fedcls.apps.federation import push_and_pull
-
-        return push_and_pull(self, messages, timeout)
 
 
 def serve(grid, cfg: Config, data: FederatedData, recorder: Recorder, resume: dict | None,
