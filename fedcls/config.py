@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,11 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
 
 def compose(args: list[str]) -> Config:
     """Resolved, validated config from command-line overrides."""
+    return load_config(_composed_values(args))
+
+
+def _composed_values(args: list[str]) -> dict:
+    """The plain dict `args` compose: schema defaults, the scenario, group choices, then keys."""
     pairs = parse_overrides(args)
     cfg = defaults()
     scenario = next((v for k, v in reversed(pairs) if k == "scenario"), None)
@@ -109,7 +115,55 @@ def compose(args: list[str]) -> Config:
     for key, value in pairs:
         if key not in GROUPS and key not in ("scenario", "scenario_file"):
             _set(cfg, key, value)
-    return load_config(cfg)
+    return cfg
+
+
+RERUN_SKIPS = ("scenario", "scenario_file", "run_id", "output_dir")  # a rerun gets a folder of its own
+
+
+def rerun_args(cfg: Config) -> list[str]:
+    """The overrides that compose `cfg` again (its run_id and output_dir aside): its scenario or
+    scenario file, strategy and model, then each key whose value differs from what those give."""
+    head = ([f"scenario={cfg.scenario}"] if cfg.scenario else
+            [f"scenario_file={cfg.scenario_file}"] if cfg.scenario_file else [])
+    head += [f"strategy={cfg.strategy.name}", f"model={cfg.model.name}"]
+    values = _composed_values(head)
+    values["strategy"] = _with_strategy_defaults(values["strategy"])
+    base, wanted = _leaves(Config.from_dict(values).to_dict()), _leaves(cfg.to_dict())
+    return head + [f"{key}={hydra_value(value)}" for key, value in wanted.items()
+                   if key not in RERUN_SKIPS and (key not in base or base[key] != value)]
+
+
+def rerun_command(cfg: Config, tool: str = "fedcls.simulate") -> str:
+    """A shell command that reruns `cfg` from any folder (scenario files: from where it was given)."""
+    return f"python -m {tool} {shlex.join(rerun_args(cfg))}"
+
+
+def hydra_value(value: Any) -> str:
+    """`value` in the override grammar parse_override reads back to it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    plain = re.fullmatch(r"[A-Za-z_][\w./-]*", text) and text.lower() not in ("null", "true", "false", "nan", "inf")
+    return text if plain else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _leaves(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def load_config(values: dict) -> Config:

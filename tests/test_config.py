@@ -95,3 +95,55 @@ def test_unknown_key_in_scenario_file_names_the_file(tmp_path):
     path.write_text("partition: {kind: iid, alfa: 1}\n")
     with pytest.raises(ConfigError, match="bad.yaml.*partition.alfa.*partition.alpha"):
         compose([f"scenario_file={path}"])
+
+
+@pytest.mark.parametrize("args", [
+    ["scenario=dirichlet_0.1"],
+    ["scenario=label_2", "strategy=fedprox", "strategy.proximal_mu=0.05", "seed=3", "lr=0.02", "run_id=mine"],
+    ["scenario=hospitals", "coral.enabled=true", "model=simple_cnn"],
+    ["dataset=synthetic", "data.synthetic.num_samples=300", "domain.sites=['blur:0.5','noise:0.1']", "num_clients=3"],
+    ["dataset=synthetic", "continual.kind=class_incremental", "continual.method=ewc+replay", "rounds=20"],
+])
+def test_the_rerun_command_composes_the_same_config(args):
+    import shlex
+
+    from fedcls.config import rerun_command
+
+    cfg = compose(args)
+    command = rerun_command(cfg)
+    assert command.startswith("python -m fedcls.simulate ") and "run_id" not in command
+    again = compose(shlex.split(command)[3:])
+    mine, theirs = cfg.to_dict(), again.to_dict()
+    for key in ("run_id", "output_dir"):
+        mine.pop(key), theirs.pop(key)
+    assert mine == theirs
+
+
+def test_a_runs_summary_command_reruns_its_rounds(tmp_path, monkeypatch):
+    """summary.json's command, composed and run again, gives the same rounds (in-process, the
+    ClientApp's own functions) and names every library version that sets the numbers."""
+    import json
+    import shlex
+
+    from fedcls.apps.cohort.worker import CohortWorker
+    from fedcls.apps.federation import run_federation
+    from fedcls.config import rerun_command
+    from fedcls.data.federated import federated_data
+    from fedcls.engine.cohort_grid import CohortGrid
+    from fedcls.outputs.results import Recorder
+    from strategy_helpers import identity
+
+    identity(monkeypatch)
+
+    def run(cfg, name):
+        recorder = Recorder(tmp_path / name, cfg, echo=lambda line: None, command=rerun_command(cfg))
+        run_federation(CohortGrid(cfg.num_clients, [CohortWorker(per_client=True)], echo=lambda line: None), cfg,
+                       federated_data(cfg), recorder)
+        recorder.finish()
+        return recorder.rows, json.loads((tmp_path / name / "summary.json").read_text())
+
+    first, summary = run(compose(["dataset=synthetic", "data.synthetic.num_samples=300", "num_clients=3", "rounds=2",
+                                  "local_epochs=1", "model=mlp", "lr=0.03", "seed=5", "save_model=false"]), "first")
+    assert {"flwr", "torch", "ray", "avalanche-lib"} <= set(summary["versions"])
+    again, _ = run(compose(shlex.split(summary["command"])[3:]), "again")
+    assert [(r["accuracy"], r["loss"]) for r in again] == [(r["accuracy"], r["loss"]) for r in first]

@@ -15,7 +15,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedcls.apps.federation import run_federation
-from fedcls.config import compose
+from fedcls.config import compose, rerun_command
 from fedcls.data.federated import FederatedData, federated_data
 from fedcls.outputs import checkpoint
 from fedcls.outputs.results import Recorder, new_run_dir
@@ -48,4 +48,5 @@ def main(grid: Grid, context: Context) -> None:
     args = [f"scenario={context.run_config['scenario']}",
             *shlex.split(str(context.run_config.get("overrides", "")))]
     cfg = compose([a for a in args if a != "scenario="])
-    run_and_record(grid, cfg, federated_data(cfg), Recorder(new_run_dir(cfg), cfg), simulated=False)
+    recorder = Recorder(new_run_dir(cfg), cfg, command=rerun_command(cfg, "fedcls.submit"))
+    run_and_record(grid, cfg, federated_data(cfg), recorder, simulated=False)

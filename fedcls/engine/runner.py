@@ -3,11 +3,13 @@ then the Flower simulation, and report where the results are."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from fedcls.config import rerun_command
 from fedcls.data.federated import FederatedData, federated_data
 from fedcls.errors import Interrupted, UserError, stop_if_asked
 from fedcls.outputs import checkpoint
@@ -32,7 +34,8 @@ def _run(cfg: Config, echo, resume_dir: Path | None) -> int:
     data = federated_data(cfg)  # missing data or an impossible partition stops here, with exit 2
     stop_if_asked()
     resume = checkpoint.load(resume_dir) if resume_dir else None
-    recorder = Recorder(resume_dir or new_run_dir(cfg), cfg, echo=echo or (lambda line: None))
+    recorder = Recorder(resume_dir or new_run_dir(cfg), cfg, echo=echo or (lambda line: None),
+                        command=rerun_command(cfg), started=started)
     if echo is None:
         return _simulate(cfg, data, recorder, resume)
     what = f"resuming after round {resume['round']}" if resume else f"{cfg.rounds} rounds"
@@ -43,7 +46,8 @@ def _run(cfg: Config, echo, resume_dir: Path | None) -> int:
         return code
     rows = recorder.rows
     best = max(rows, key=lambda r: r["accuracy"])
-    print(f"done in {time.time() - started:.1f}s: final accuracy {rows[-1]['accuracy']:.4f}, best "
+    seconds = json.loads((recorder.run_dir / "summary.json").read_text())["seconds"]  # the run's one wall time
+    print(f"done in {seconds:.1f}s: final accuracy {rows[-1]['accuracy']:.4f}, best "
           f"{best['accuracy']:.4f} (round {best['round']}); results in {recorder.run_dir}")
     return 0
 

@@ -27,12 +27,20 @@ ERROR_FILE = "error.txt"  # a failed run's traceback, versions and command
 CLIENT_ERRORS_FILE = "client_errors.txt"  # every failed client reply's whole reason, by round
 
 
-def versions() -> dict[str, str]:
-    """Versions of the libraries that determine a run's numbers."""
-    from importlib.metadata import version
+CORE_LIBRARIES = ("fedcls", "flwr", "torch", "torchvision", "ray", "numpy", "avalanche-lib")
 
-    return {"python": platform.python_version(),
-            **{name: version(name) for name in ("fedcls", "flwr", "torch", "ray", "numpy")}}
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that determine a run's numbers (those installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in CORE_LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -95,14 +103,19 @@ def console_line(row: dict, rounds: int) -> str:
 class Recorder:
     """Writes a run's files as it goes and prints one line per round."""
 
-    def __init__(self, run_dir: Path, cfg: Config, echo=print):
+    def __init__(self, run_dir: Path, cfg: Config, echo=print, command: str | None = None,
+                 started: float | None = None):
+        """`command`: what reruns the run (fedcls.config.rerun_command; default: this process's
+        arguments); `started`: when the run began (default: now), so that summary.json's seconds
+        are the run's one wall time, data building included."""
         self.run_dir, self.cfg, self.echo = Path(run_dir), cfg, echo
+        self.command = command or " ".join(sys.argv)
         self.rows: list[dict] = []
         self.partition_counts: list[list[int]] = []
         self.extras: dict = {}  # summary keys from server extensions (continual metrics, ...)
         self.error_file: str | None = None  # ERROR_FILE once the run failed
         self.status: str | None = None  # as finish() left it
-        self.started = time.time()
+        self.started = started or time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.run_dir / "config.yaml", to_yaml(cfg))
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -151,7 +164,7 @@ class Recorder:
             "dataset": self.cfg.dataset, "model": self.cfg.model.name,
             "num_clients": self.cfg.num_clients, "partition": self.cfg.partition.kind,
             "partition_counts": self.partition_counts,
-            "versions": versions(), "command": " ".join(sys.argv), **self.extras,
+            "versions": versions(), "command": self.command, **self.extras,
             **({"error_file": self.error_file} if self.error_file and status != "completed" else {}),
             **({"client_errors": CLIENT_ERRORS_FILE} if (self.run_dir / CLIENT_ERRORS_FILE).exists() else {}),
             **({"resume_with": f"python -m fedcls.simulate {shlex.quote(f'resume={self.run_dir}')}"}
@@ -182,7 +195,7 @@ class Recorder:
         header = [f"run {self.run_dir.name} (run_id {self.cfg.run_id}) {status} at {datetime.now():%Y-%m-%d %H:%M:%S} "
                   f"after {len(self.rows)} of {self.cfg.rounds} rounds; its config: config.yaml",
                   "versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
-                  "command: " + " ".join(sys.argv), ""]
+                  "command: " + self.command, ""]
         path = self.run_dir / ERROR_FILE
         write_atomic(path, "\n".join(header) + "".join(traceback.format_exception(err)))
         self.error_file = ERROR_FILE
