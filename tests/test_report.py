@@ -170,3 +170,23 @@ def test_a_corrupt_study_list_or_unreadable_runs_give_one_line_not_a_traceback(t
     err = capsys.readouterr().err
     assert f"left out 2 unreadable runs: {torn.name}" in err
     assert f"{empty.name} (its summary has no final_accuracy)" in err
+
+
+def test_single_seed_cells_unreached_targets_and_a_missing_iid_baseline_say_so(tmp_path, capsys):
+    fake_run(tmp_path, "fedavg", "label_2", 0, [0.2, 0.5, 0.7])
+    fake_run(tmp_path, "fedprox", "label_2", 0, [0.3, 0.6, 0.95])
+    fake_run(tmp_path, "fedprox", "label_2", 1, [0.3, 0.5, 0.93])
+    assert report_main([str(tmp_path), "--target", "0.9"]) == 0
+    out, table = capsys.readouterr().out, (tmp_path / "table.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| fed")}
+    assert "| fedavg | 70.0 |" in table  # one seed: no ± 0.0
+    assert "94.0 ± 1.4" in table  # two seeds: mean ± std
+    assert "not reached" in table and "3.0" in table  # fedavg never reached 90%; fedprox at round 3
+    assert "no iid runs in this study" in table and "note: no iid runs" in out
+    assert rows and "mean ± std over 1/2 seeds" in table
+
+
+def test_report_help_prints_the_whole_description(capsys):
+    with pytest.raises(SystemExit):
+        report_main(["--help"])
+    assert "studies with held-out target sites table_targets.md/.csv" in capsys.readouterr().out

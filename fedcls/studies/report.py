@@ -145,12 +145,34 @@ def degradation(cells: dict, strategy: str, scenario: str) -> float | None:
     return 100 * (cells[(strategy, "iid")].mean - cells[(strategy, scenario)].mean)
 
 
+NOT_REACHED = "not reached"  # a rounds-to-target cell whose runs never reached the target
+LEGEND = ("–: no finished run of that strategy and scenario; one seed: its value, without ±; "
+          f"{NOT_REACHED}: no seed reached the target within its rounds.")
+
+
 def fmt(value: float | None, pattern: str = "{:.1f}") -> str:
     return "–" if value is None else pattern.format(value)  # en dash: no value
 
 
 def accuracy_text(cell: Cell | None) -> str:
-    return "–" if cell is None else f"{100 * cell.mean:.1f} ± {100 * cell.std:.1f}"
+    if cell is None:
+        return "–"
+    return f"{100 * cell.mean:.1f}" if len(cell.finals) == 1 else f"{100 * cell.mean:.1f} ± {100 * cell.std:.1f}"
+
+
+def rounds_text(cell: Cell | None) -> str:
+    if cell is None:
+        return "–"
+    rounds = cell.rounds_to_target()
+    return NOT_REACHED if rounds is None else f"{rounds:.1f}"
+
+
+def missing_baseline(cells: dict) -> str | None:
+    """Why there is no degradation table or plot (no iid runs), and how to get one; None if there is."""
+    if any(scenario == "iid" for _, scenario in cells):
+        return None
+    return ("no iid runs in this study, so no degradation against iid: add iid to the sweep's scenario "
+            "list (scenario=iid,...) and report again")
 
 
 def markdown(cells, strategies, scenarios, target) -> str:
@@ -160,12 +182,15 @@ def markdown(cells, strategies, scenarios, target) -> str:
         return f"### {title}\n\n{head}\n" + "\n".join(body)
 
     seeds = sorted({len(c.finals) for c in cells.values()})
+    over = f"mean ± std over {'/'.join(map(str, seeds))} seeds" if seeds != [1] else "one seed"
+    degradation_table = (f"### Degradation against iid, points\n\n{note}" if (note := missing_baseline(cells))
+                         else table("Degradation against iid, points", lambda s, c: fmt(degradation(cells, s, c))))
     return "\n\n".join([
-        table(f"Final global test accuracy, % (mean ± std over {'/'.join(map(str, seeds))} seeds)",
-              lambda s, c: accuracy_text(cells.get((s, c)))),
-        table("Degradation against iid, points", lambda s, c: fmt(degradation(cells, s, c))),
+        table(f"Final global test accuracy, % ({over})", lambda s, c: accuracy_text(cells.get((s, c)))),
+        degradation_table,
         table(f"Rounds to reach {target:.0%} global accuracy (mean over seeds that did)",
-              lambda s, c: fmt(cells[(s, c)].rounds_to_target() if (s, c) in cells else None)),
+              lambda s, c: rounds_text(cells.get((s, c)))),
+        LEGEND,
     ]) + "\n"
 
 
@@ -215,12 +240,13 @@ def report(study: Path, target: float = 0.9) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedcls.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fedcls.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", type=Path)
     parser.add_argument("--target", type=float, default=0.9, help="accuracy for rounds-to-target")
     args = parser.parse_args(argv)
     try:
-        report(args.study, args.target)
+        cells = report(args.study, args.target)
     except (FileNotFoundError, NotADirectoryError) as err:
         print(f"error: {err}; run python -m fedcls.sweep first", file=sys.stderr)
         return 2
@@ -231,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     for extra in ("table_continual.md", "table_targets.md"):
         if (args.study / extra).exists():
             print((args.study / extra).read_text())
+    if note := missing_baseline(cells):
+        print(f"note: {note} (plots/degradation.png is not made either)")
     print(f"written: {args.study}/table.md, table.csv, table.tex, plots/")
     return 0
 
