@@ -165,7 +165,7 @@ class BackendConfig:
 
 
 FAULT_KINDS = ("drop_prob", "crash_prob", "nan_prob", "straggler_prob")
-# what a Byzantine site sends (fedcls.apps.faults.ATTACKS; "cycle": a different one each round)
+# what a Byzantine site sends (acted out by fedcls.apps.faults.malicious; "cycle": one each round)
 BYZANTINE_ATTACKS = ("huge_count", "negative_count", "tiny_shape", "huge_weights", "wrong_shape", "extra_key",
                      "missing_key", "boosted", "bad_metric", "impostor")  # the first six: issue 16's findings
 

@@ -209,5 +209,5 @@ def query(msg: Message, context: Context) -> Message:
             for hook in _evaluation_hooks(cfg):
                 hook.before_evaluate(runtime.model, state, x)
             return Message(content=half.answer(runtime.model, x), reply_to=msg)
-        roll_call[EXAMPLES_KEY] = len(runtime.site(site_id(context)).train_y)
+        roll_call[EXAMPLES_KEY] = len(runtime.data.sites[site_id(context)].train_idx)  # no tensors built yet
     return Message(content=RecordDict({"site": ConfigRecord(roll_call)}), reply_to=msg)

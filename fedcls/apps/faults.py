@@ -10,7 +10,7 @@ updates (with every other invalid reply: fedcls.apps.screening), aggregates the 
 failed, by reason, under ``faults``. Faults apply to training messages only.
 
 A Byzantine site (``byzantine_site``) answers every training round with a malicious reply
-(``byzantine_attack``, or each of ``ATTACKS`` in turn): the attacks of issue 16 that the server's
+(``byzantine_attack``, or each of fedcls.schema.BYZANTINE_ATTACKS in turn: ``malicious``): the attacks of issue 16 that the server's
 screening (fedcls.apps.screening) must refuse, naming the site, while the honest sites go on.
 
 A straggler's delay is added on the way back (the server waits for it in real time, up to the

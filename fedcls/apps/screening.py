@@ -98,7 +98,7 @@ class ReplyScreen:
         for name, record in msg.content.array_records.items():
             for key, array in record.items() if name != "arrays" else ():
                 shape, dtype = self.expected.get(key, ((), None))
-                if tuple(array.shape) != shape and not (dtype is None and array.numpy().size == 1):
+                if tuple(array.shape) != shape and not (dtype is None and math.prod(array.shape) == 1):
                     return f"record '{name}' holds '{key}' as {list(array.shape)}, expected {list(shape)}"
                 if dtype is not None and array.dtype != dtype:
                     return f"record '{name}' holds '{key}' as {array.dtype}, the model's is {dtype}"

@@ -3,7 +3,6 @@ then the Flower simulation, and report where the results are."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -46,8 +45,7 @@ def _run(cfg: Config, echo, resume_dir: Path | None) -> int:
         return code
     rows = recorder.rows
     best = max(rows, key=lambda r: r["accuracy"])
-    seconds = json.loads((recorder.run_dir / "summary.json").read_text())["seconds"]  # the run's one wall time
-    print(f"done in {seconds:.1f}s: final accuracy {rows[-1]['accuracy']:.4f}, best "
+    print(f"done in {recorder.seconds:.1f}s: final accuracy {rows[-1]['accuracy']:.4f}, best "
           f"{best['accuracy']:.4f} (round {best['round']}); results in {recorder.run_dir}")
     return 0
 

@@ -115,6 +115,7 @@ class Recorder:
         self.extras: dict = {}  # summary keys from server extensions (continual metrics, ...)
         self.error_file: str | None = None  # ERROR_FILE once the run failed
         self.status: str | None = None  # as finish() left it
+        self.seconds = 0.0  # as the last summary.json written says
         self.started = started or time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.run_dir / "config.yaml", to_yaml(cfg))
@@ -174,6 +175,7 @@ class Recorder:
     def write_summary(self, status: str, error: str | None = None) -> dict:
         summary = self.summary(status, error)
         write_atomic(self.run_dir / "summary.json", to_json(summary, indent=2))
+        self.seconds = summary["seconds"]  # the run's one wall time so far, as summary.json says
         return summary
 
     def finish(self, status: str = "completed", state_dict=None, error: str | None = None) -> dict:
