@@ -45,7 +45,9 @@ STOP = threading.Event()  # set by the first Ctrl-C while a command runs
 
 @contextlib.contextmanager
 def ctrl_c_deferred():
-    """Within: the first Ctrl-C sets STOP (and says so), a second one raises KeyboardInterrupt."""
+    """Within: the first Ctrl-C sets STOP (and says so), a second one raises KeyboardInterrupt.
+    STOP belongs to one command: cleared on entry and on exit, so a later run in the same process
+    (a notebook, a test) does not stop at its first safe point."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -61,6 +63,7 @@ def ctrl_c_deferred():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        STOP.clear()
 
 
 def stop_if_asked() -> None:
