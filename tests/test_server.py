@@ -9,6 +9,7 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 from fedcls.apps.federation import (
     SiteOrderedGrid,
     _failures,
+    aggregate_train_metrics,
     aggregate_with_spread,
     build_strategy,
     check_roster,
@@ -27,6 +28,15 @@ def test_aggregate_with_spread_by_hand():
     assert agg["accuracy"] == pytest.approx(0.875)  # (0.5*10 + 1.0*30) / 40
     assert agg["accuracy_mean"] == pytest.approx(0.75)
     assert (agg["accuracy_min"], agg["accuracy_max"]) == (0.5, 1.0)
+
+
+def test_train_metrics_are_weighted_means_except_step_counts_which_are_summed_integers():
+    def trained(loss, n, steps):
+        return RecordDict({"metrics": MetricRecord({"train_loss": loss, "num-examples": n, "num-steps": steps})})
+
+    agg = aggregate_train_metrics([trained(1.0, 10, 68), trained(2.0, 30, 69), trained(4.0, 40, 7)], "num-examples")
+    assert agg["train_loss"] == pytest.approx(2.875)  # (1*10 + 2*30 + 4*40) / 80
+    assert agg["num-steps"] == 144 and type(agg["num-steps"]) is int  # not (68*10+69*30+7*40)/80 = 37.875
 
 
 def test_build_strategy_uses_flowers_classes_with_our_settings():

@@ -266,7 +266,7 @@ def local_update(model: nn.Module, data: SiteTensors, params: TrainParams,
         loss_sum += loss.detach() * len(idx)  # no GPU sync per step
         seen += len(idx)
         ctx.step += 1
-    metrics = {"train_loss": loss_sum.item() / max(seen, 1), "num-steps": float(ctx.step)}
+    metrics = {"train_loss": loss_sum.item() / max(seen, 1), "num-steps": int(ctx.step)}
     for hook in hooks:
         metrics.update(hook.after_training(ctx))
     return LocalResult(metrics, ctx.state, ctx.outbox, len(data.train_y))

@@ -37,6 +37,7 @@ from fedcls.schema import Config
 
 QUERY_TIMEOUT_S = 600.0
 PER_CLIENT = ("site", "participations", "experience")  # train metrics that make no sense averaged
+COUNTS = ("num-steps",)  # train metrics that count: the round's total (an integer), not a weighted mean
 
 
 def aggregate_with_spread(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -54,6 +55,17 @@ def aggregate_with_spread(records: list[RecordDict], weight_key: str) -> MetricR
     return agg
 
 
+def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Flower's weighted mean of client train metrics, except COUNTS: their sum over the sites, so
+    "num-steps" is the round's local steps as an integer (a mean of counts was 68.02499999999999)."""
+    agg = aggregate_metricrecords(records, weight_key)
+    for key in COUNTS:
+        values = [next(iter(r.metric_records.values())).get(key) for r in records]
+        if key in agg and None not in values:
+            agg[key] = int(sum(round(float(v)) for v in values))
+    return agg
+
+
 def build_strategy(cfg: Config) -> Strategy:
     """The configured strategy with fedcls's sampling and metric settings."""
     common = {
@@ -63,6 +75,7 @@ def build_strategy(cfg: Config) -> Strategy:
         "min_evaluate_nodes": 1 if cfg.fraction_evaluate > 0 else 0,
         "min_available_nodes": 1,  # discover_sites waits for every node; some may sit out a round
         "evaluate_metrics_aggr_fn": aggregate_with_spread,
+        "train_metrics_aggr_fn": aggregate_train_metrics,
     }
     return strategies.get(cfg.strategy.name).build_server(dict(cfg.strategy.params), common, cfg)
 

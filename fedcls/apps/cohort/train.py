@@ -172,7 +172,7 @@ def _results(model, clients, contexts, weights, names, steps, loss_sum, seen):
         for n in names:
             params[n].copy_(weights[n][i])
         ctx.step = steps[i]
-        metrics = {"train_loss": float(loss_sum[i]) / max(float(seen[i]), 1.0), "num-steps": float(steps[i])}
+        metrics = {"train_loss": float(loss_sum[i]) / max(float(seen[i]), 1.0), "num-steps": int(steps[i])}
         with torch.enable_grad():
             for hook in client.hooks:
                 metrics.update(hook.after_training(ctx))
