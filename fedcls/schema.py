@@ -203,6 +203,15 @@ class ScreeningConfig:
 
 
 @dataclass
+class TrackingConfig:
+    tensorboard: bool = opt(True, "TensorBoard event files in <run folder>/tensorboard (tensorboard --logdir "
+                            "results/runs)")
+    mlflow: bool = opt(False, "log to MLflow too (pip install mlflow-skinny)")
+    mlflow_uri: str = opt("file:results/mlruns", "MLflow tracking URI: a local file store, or a server's URL")
+    mlflow_experiment: str = opt("fedcls", "the MLflow experiment the runs go to")
+
+
+@dataclass
 class Config:
     """A run's config (see ``schema_text`` for every key)."""
 
@@ -242,6 +251,8 @@ class Config:
         "help": "injected, seeded by (seed, round, site), recorded per round"})
     screening: ScreeningConfig = field(default_factory=ScreeningConfig, metadata={
         "help": "the server's checks on each training reply (fedcls.apps.screening)"})
+    tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={
+        "help": "experiment trackers the rounds are written to besides metrics.jsonl"})
     verbose: bool = opt(False, "show Flower and Ray logs")
 
     @classmethod

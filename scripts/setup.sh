@@ -9,7 +9,11 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 stamp=".venv/.fedcls-installed-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
+  start=$(date +%s)
+  echo "setup: installing fedcls into .venv with flwr, torch, torchvision, ray, avalanche-lib, numpy," \
+       "matplotlib, hydra-core, pytest and ruff (pip; the first time takes a few minutes)" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e ".[dev]"
   rm -f .venv/.fedcls-installed-* && touch "$stamp"
+  echo "setup: done in $(( $(date +%s) - start ))s; later runs reuse .venv until pyproject.toml changes" >&2
 fi

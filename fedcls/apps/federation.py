@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -109,9 +109,10 @@ class SiteOrderedGrid:
 PULL_INTERVAL_S = 0.1
 
 
-def push_and_pull(grid: Grid, messages: Iterable[Message], timeout: float | None) -> list[Message]:
+def push_and_pull(grid: Grid, messages: Iterable[Message], timeout: float | None,
+                  on_replies: Callable[[int], None] | None = None) -> list[Message]:
     """Grid.send_and_receive with a short pull interval: Flower 1.42's deployment grid sleeps
-    3 s between pulls, a few seconds lost per round."""
+    3 s between pulls, a few seconds lost per round. `on_replies` hears how many have answered."""
     pending = set(grid.push_messages(messages))
     deadline = time.time() + timeout if timeout is not None else None
     replies: list[Message] = []
@@ -119,6 +120,8 @@ def push_and_pull(grid: Grid, messages: Iterable[Message], timeout: float | None
         got = list(grid.pull_messages(pending))
         replies += got
         pending -= {m.metadata.reply_to_message_id for m in got}
+        if on_replies is not None:
+            on_replies(len(replies))
         if pending:
             time.sleep(PULL_INTERVAL_S)
     return replies
@@ -185,6 +188,18 @@ def _failure_details(replies: list[Message], site_of_node: dict[int, int], phase
             for m in replies if m.has_error()]
 
 
+def _site_metrics(replies: list[Message]) -> dict[str, dict]:
+    """{site: its accuracy, loss and test examples} of the evaluation replies that measured something
+    (the per-site view behind the round's mean/min/max: plots weigh small sites by their size)."""
+    sites = {}
+    for m in (m for m in replies if not m.has_error()):
+        metrics = next(iter(m.content.metric_records.values()))
+        if int(metrics["num-examples"]) > 0:
+            sites[int(metrics["site"])] = {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"]),
+                                           "examples": int(metrics["num-examples"])}
+    return {str(site): sites[site] for site in sorted(sites)}
+
+
 def _trained_sites(replies: list[Message]) -> list[list[int]]:
     """[site, times it has trained so far] for each client that trained this round."""
     out = []
@@ -215,7 +230,10 @@ def run_federation(grid: Grid, cfg: Config, data: FederatedData, recorder: Recor
     `resume`: a checkpoint (fedcls.outputs.checkpoint) to continue from; `client_state_dir`: where
     simulated clients keep their state for checkpoints (None: no checkpoints of client state)."""
     federation = federation_info(data.dataset)
+    recorder.progress.stage(0, "roll call", cfg.num_clients)
     site_of_node, declared = discover_sites(grid, cfg.num_clients, Payload(cfg, federation).to_json())
+    recorder.progress.phase("sites", f"{len(site_of_node)} of {cfg.num_clients} answered the roll call "
+                                     "(their actors or SuperNodes are up)")
     check_roster(site_of_node, cfg.num_clients)
     grid = SiteOrderedGrid(grid, site_of_node)
     arrays, evaluate_global = global_evaluator(cfg, data.dataset)
@@ -272,6 +290,7 @@ def _round(grid: SiteOrderedGrid, cfg: Config, rnd: int, arrays: ArrayRecord, st
         messages, withheld = ext.withhold(rnd, messages, grid.site_of_node)
         dropped += withheld
     train_started = time.perf_counter()
+    recorder.progress.stage(rnd, "training", len(messages))
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     for ext in extensions:
         replies = ext.arrived(rnd, replies, grid.site_of_node, train_started)
@@ -298,8 +317,10 @@ def _round(grid: SiteOrderedGrid, cfg: Config, rnd: int, arrays: ArrayRecord, st
     eval_messages = list(strategy.configure_evaluate(rnd, arrays, config, grid))
     for ext in extensions:
         eval_messages = ext.outgoing_evaluate(rnd, arrays, eval_messages)
+    recorder.progress.stage(rnd, "evaluating at the sites", len(eval_messages))
     eval_replies = list(grid.send_and_receive(eval_messages))
     client_metrics = strategy.aggregate_evaluate(rnd, eval_replies)
+    recorder.progress.stage(rnd, "testing the global model")
     loss, accuracy = evaluate_global(arrays)
     extra = {k: v for ext in extensions for k, v in
              {**ext.after_evaluate(rnd, eval_replies), **ext.after_round(rnd, arrays)}.items()}
@@ -308,7 +329,7 @@ def _round(grid: SiteOrderedGrid, cfg: Config, rnd: int, arrays: ArrayRecord, st
     recorder.round(rnd, {
         "accuracy": accuracy, "loss": loss,
         "train": {k: v for k, v in dict(train_metrics or {}).items() if k not in PER_CLIENT},
-        "clients": dict(client_metrics or {}),
+        "clients": dict(client_metrics or {}), "sites": _site_metrics(eval_replies),
         "sampled": len(messages) + len(dropped), "trained": _trained_sites(replies),
         "failures": (_failures(replies) + [f"site {site} rejected: {why}" for site, why in screened.rejected]
                      + _failures(eval_replies)),

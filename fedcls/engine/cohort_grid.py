@@ -28,6 +28,7 @@ class CohortGrid:
     def __init__(self, num_sites: int, workers: list, echo=print, respawn=None):
         self.num_sites, self.workers, self.echo = num_sites, workers, echo
         self.respawn = respawn  # makes a new worker when one died (Ray actors)
+        self.on_replies = None  # told how many sites answered so far (fedcls.outputs.progress)
         self._noticed: set[str] = set()
 
     def get_node_ids(self) -> list[int]:
@@ -56,6 +57,8 @@ class CohortGrid:
             for (i, _, _), reply in zip(batch, answers):
                 replies[i] = reply
             self._notice(notices)
+            if self.on_replies is not None:
+                self.on_replies(sum(r is not None for r in replies))
         return replies
 
     def _notice(self, notices: list[str]) -> None:
@@ -95,7 +98,7 @@ def run_cohorts(cfg: Config, data: FederatedData, recorder, resume: dict | None 
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedcls.apps.server_app import run_and_record
-    from fedcls.engine.lifecycle import StoppableGrid, ray_dies_with_driver
+    from fedcls.engine.lifecycle import StoppableGrid, ray_dies_with_driver, ray_started
     from fedcls.engine.logs import quiet_logs
 
     quiet_logs(cfg.verbose)
@@ -106,10 +109,12 @@ def run_cohorts(cfg: Config, data: FederatedData, recorder, resume: dict | None 
                  logging_level=logging.INFO if cfg.verbose else logging.WARNING,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path),
                                            "OMP_NUM_THREADS": str(max(int(cfg.backend.num_cpus), 1))}})
+        recorder.progress.phase("ray", ray_started(cfg.backend.ray_address))
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0  # the server's identity
     workers = _actors(cfg.backend, cfg.backend.cohort_actors)
     try:
         grid = CohortGrid(cfg.num_clients, workers, recorder.echo, respawn=lambda: _actors(cfg.backend, 1)[0])
+        grid.on_replies = recorder.progress.replies
         run_and_record(StoppableGrid(grid, stop or threading.Event()), cfg, data, recorder, resume)
     finally:
         for actor in workers:

@@ -20,6 +20,16 @@ def ray_dies_with_driver(address: str | None) -> None:
         os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", RAY_RECONNECT_S)
 
 
+def ray_started(address: str | None) -> str:
+    """What the console says once Ray is up: the cluster attached to, or this machine's CPUs/GPUs."""
+    import ray
+
+    res = ray.cluster_resources()
+    where = f"attached to the cluster at {address}" if address else "started on this machine"
+    gpus = f", {res['GPU']:.0f} GPUs" if res.get("GPU") else ""
+    return f"{where}: {res.get('CPU', 0):.0f} CPUs{gpus}"
+
+
 class ServerStopped(KeyboardInterrupt):
     """Raised in the ServerApp thread at its next grid call once the run was stopped."""
 
@@ -27,8 +37,9 @@ class ServerStopped(KeyboardInterrupt):
 class StoppableGrid:
     """A Grid whose calls raise ServerStopped once `stop` is set (the module docstring says why)."""
 
-    def __init__(self, grid, stop: threading.Event):
-        self._grid, self._stop = grid, stop
+    def __init__(self, grid, stop: threading.Event, on_replies=None):
+        """`on_replies(n)`: told how many sites have answered a send_and_receive so far."""
+        self._grid, self._stop, self._on_replies = grid, stop, on_replies
 
     def __getattr__(self, name):
         attr = getattr(self._grid, name)
@@ -48,4 +59,4 @@ class StoppableGrid:
         """Flower's, except that its waits for replies pull through this grid (and so stop)."""
         from fedcls.apps.federation import push_and_pull
 
-        return push_and_pull(self, messages, timeout)
+        return push_and_pull(self, messages, timeout, self._on_replies)

@@ -1,5 +1,7 @@
-"""Flower's and Ray's logging, quieter unless verbose; their warnings silenced only while fedcls
-calls them, so code of one's own in the same process still sees its warnings."""
+"""Flower's and Ray's logging, quieter unless verbose; other libraries' warnings during a run go to
+<run folder>/warnings.log (WarningsLog), so the console shows fedcls's lines and fedcls's own advice;
+outside a run, Flower's deprecations are silenced only while fedcls calls it, so code of one's own
+in the same process still sees its warnings."""
 
 from __future__ import annotations
 
@@ -7,6 +9,11 @@ import contextlib
 import logging
 import os
 import warnings
+from pathlib import Path
+
+from fedcls.outputs.results import WARNINGS_FILE
+
+FEDCLS_DIR = str(Path(__file__).resolve().parents[1])  # the fedcls package: its warnings are advice
 
 # where Flower's simulation runtime logs a client's exception, tens of lines each: the round loop
 # keeps it instead (one line in metrics.jsonl and on the console, all of it in client_errors.txt)
@@ -35,12 +42,58 @@ def quiet_logs(verbose: bool) -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
 
 
+class WarningsLog:
+    """Where a run's warnings go: fedcls's own (advice about the run, e.g. EWC's stability) to the
+    console, every other library's to <run folder>/warnings.log, one entry per place that warns
+    (held until the run folder exists: the data is built before it)."""
+
+    def __init__(self, console):
+        self.console, self.path, self.pending = console, None, []
+
+    def show(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if category.__module__.startswith("fedcls") or filename.startswith(FEDCLS_DIR):
+            self.console(message, category, filename, lineno, file, line)  # as Python shows it
+            return
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        if self.path is None:
+            self.pending.append(text)
+        else:
+            with self.path.open("a") as f:
+                f.write(text)
+
+    def into(self, run_dir: Path) -> None:
+        """From now on write to run_dir/WARNINGS_FILE, starting with the warnings held so far."""
+        self.path = Path(run_dir) / WARNINGS_FILE
+        pending, self.pending = self.pending, []
+        if pending:
+            with self.path.open("a") as f:
+                f.writelines(pending)
+
+
+@contextlib.contextmanager
+def warnings_to_log(verbose: bool):
+    """Within (one run), warnings go where WarningsLog says (verbose: all to the console, as
+    Python shows them); yields the WarningsLog (None when verbose). Filters are restored after."""
+    with warnings.catch_warnings():
+        if verbose:
+            yield None
+            return
+        log = WarningsLog(warnings.showwarning)
+        warnings.showwarning = log.show  # the filters stay the user's and Python's
+        yield log
+
+
+def _logging_to_file() -> bool:
+    return isinstance(getattr(warnings.showwarning, "__self__", None), WarningsLog)
+
+
 @contextlib.contextmanager
 def quiet_warnings(verbose: bool):
-    """Within the block, Deprecation and Future warnings are not shown (unless verbose); the
-    process's warning filters are as before once it ends. Wraps fedcls's calls into Flower and Ray."""
+    """Within the block, Deprecation and Future warnings are not shown (unless verbose, or a run's
+    WarningsLog keeps them); the process's warning filters are as before once it ends. Wraps
+    fedcls's calls into Flower and Ray."""
     with warnings.catch_warnings():
-        if not verbose:
+        if not verbose and not _logging_to_file():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
         yield

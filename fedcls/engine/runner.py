@@ -10,44 +10,67 @@ from pathlib import Path
 
 from fedcls.config import rerun_command
 from fedcls.data.federated import FederatedData, federated_data
+from fedcls.engine.logs import WarningsLog, warnings_to_log
 from fedcls.errors import Interrupted, UserError, stop_if_asked
 from fedcls.outputs import checkpoint
 from fedcls.outputs.locks import holding
+from fedcls.outputs.progress import Progress
 from fedcls.outputs.results import Recorder, new_run_dir
 from fedcls.schema import Config
 
 
-def run(cfg: Config, echo=print, resume_dir: Path | None = None) -> int:
+def run(cfg: Config, echo=print, resume_dir: Path | None = None, progress: Progress | None = None) -> int:
     """Run `cfg` (or continue the run in `resume_dir` from its checkpoint); 0 when completed,
     1 when the run failed (its traceback in <run folder>/error.txt); raises fedcls.errors.Interrupted
-    (exit code 130) on Ctrl-C. ``echo`` prints the per-round lines (None: silent, as in a sweep)."""
-    if resume_dir is not None:  # a second resume of the same folder meets its lock
-        with holding(Path(resume_dir), "the run folder"):
-            return _run(cfg, echo, resume_dir)
-    return _run(cfg, echo, None)
+    (exit code 130) on Ctrl-C. ``echo`` prints the header, start-up phases, per-round and closing
+    lines (None: none of them); `progress`: the console to use instead (a sweep's)."""
+    progress = progress or Progress(cfg.rounds, echo)
+    try:
+        with warnings_to_log(cfg.verbose) as log:
+            if resume_dir is not None:  # a second resume of the same folder meets its lock
+                with holding(Path(resume_dir), "the run folder"):
+                    return _run(cfg, echo, resume_dir, progress, log)
+            return _run(cfg, echo, None, progress, log)
+    finally:
+        progress.close()
 
 
-def _run(cfg: Config, echo, resume_dir: Path | None) -> int:
+def _run(cfg: Config, echo, resume_dir: Path | None, progress: Progress, log: WarningsLog | None) -> int:
     started = time.time()
     stop_if_asked()  # Ctrl-C while starting (fedcls.errors.ctrl_c_deferred): nothing written yet
+    if echo is not None:
+        print(f"fedcls: {cfg.dataset}, {cfg.num_clients} sites, partition {cfg.partition.kind}, "
+              f"strategy {cfg.strategy.name}, model {cfg.model.name}, {cfg.rounds} rounds", flush=True)
     data = federated_data(cfg)  # missing data or an impossible partition stops here, with exit 2
     stop_if_asked()
     resume = checkpoint.load(resume_dir) if resume_dir else None
     recorder = Recorder(resume_dir or new_run_dir(cfg), cfg, echo=echo or (lambda line: None),
-                        command=rerun_command(cfg), started=started)
-    if echo is None:
-        return _simulate(cfg, data, recorder, resume)
-    what = f"resuming after round {resume['round']}" if resume else f"{cfg.rounds} rounds"
-    print(f"fedcls: {cfg.dataset}, {cfg.num_clients} sites, partition {cfg.partition.kind}, "
-          f"strategy {cfg.strategy.name}, {what} -> {recorder.run_dir}", flush=True)
+                        command=rerun_command(cfg), started=started, progress=progress)
+    if log is not None:
+        log.into(recorder.run_dir)
+    resuming = f"; resuming after round {resume['round']}" if resume else ""
+    progress.phase("data", f"{len(data.dataset.train_y)} training images over {len(data.sites)} sites; "
+                           f"results in {recorder.run_dir}{resuming}")
     code = _simulate(cfg, data, recorder, resume)
-    if code:
+    if code or echo is None:
         return code
     rows = recorder.rows
     best = max(rows, key=lambda r: r["accuracy"])
     print(f"done in {recorder.seconds:.1f}s: final accuracy {rows[-1]['accuracy']:.4f}, best "
-          f"{best['accuracy']:.4f} (round {best['round']}); results in {recorder.run_dir}")
+          f"{best['accuracy']:.4f} (round {best['round']}){headline(recorder.extras)}; results in "
+          f"{recorder.run_dir}")
     return 0
+
+
+def headline(extras: dict) -> str:
+    """The metrics a continual or domain-shift run exists for, as the closing line states them."""
+    parts = []
+    if "average_accuracy" in extras:  # fedcls.algorithms.continual.metrics
+        parts.append(f"average accuracy over experiences {extras['average_accuracy']:.4f}, forgetting "
+                     f"{extras['forgetting']:.4f}, BWT {extras['bwt']:+.4f}")
+    if extras.get("target_accuracy") is not None:  # fedcls.algorithms.domain_eval
+        parts.append(f"held-out target sites {extras['targets']} accuracy {extras['target_accuracy']:.4f}")
+    return "".join(f"; {p}" for p in parts)
 
 
 def _simulate(cfg: Config, data: FederatedData, recorder: Recorder, resume: dict | None = None) -> int:

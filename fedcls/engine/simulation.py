@@ -86,9 +86,10 @@ def serve(grid, cfg: Config, data: FederatedData, recorder: Recorder, resume: di
     """The ServerApp's body: the recorded federation over a StoppableGrid, holding `running`."""
     from fedcls.apps.server_app import run_and_record
 
+    recorder.progress.phase("flower", "simulation engine started; Ray starts the sites' actors")
     with running:
         try:
-            run_and_record(StoppableGrid(grid, stop), cfg, data, recorder, resume)
+            run_and_record(StoppableGrid(grid, stop, recorder.progress.replies), cfg, data, recorder, resume)
         except ServerStopped:
             pass  # the run was stopped from the main thread, which reports it
 

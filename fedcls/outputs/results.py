@@ -21,10 +21,12 @@ import numpy as np
 import yaml
 
 from fedcls.errors import UserError
+from fedcls.outputs.progress import Progress
 from fedcls.schema import Config
 
 ERROR_FILE = "error.txt"  # a failed run's traceback, versions and command
 CLIENT_ERRORS_FILE = "client_errors.txt"  # every failed client reply's whole reason, by round
+WARNINGS_FILE = "warnings.log"  # other libraries' warnings during the run (fedcls.engine.logs)
 
 
 CORE_LIBRARIES = ("fedcls", "flwr", "torch", "torchvision", "ray", "numpy", "avalanche-lib")
@@ -91,6 +93,10 @@ def console_line(row: dict, rounds: int) -> str:
     parts = [f"round {row['round']:>3}/{rounds}", f"acc {row['accuracy']:.4f}", f"loss {row['loss']:.4f}"]
     if "train_loss" in train:
         parts.append(f"train_loss {train['train_loss']:.4f}")
+    if "target_accuracy" in row and row["target_accuracy"] is not None:  # held-out target sites
+        parts.append(f"target acc {row['target_accuracy']:.4f}")
+    if "experience" in row:  # continual: the experience the sites learn now
+        parts.append(f"experience {row['experience'] + 1}")
     if "accuracy_mean" in clients:
         parts.append(f"sites acc {clients['accuracy_mean']:.3f} "
                      f"[{clients['accuracy_min']:.3f}-{clients['accuracy_max']:.3f}]")
@@ -104,11 +110,13 @@ class Recorder:
     """Writes a run's files as it goes and prints one line per round."""
 
     def __init__(self, run_dir: Path, cfg: Config, echo=print, command: str | None = None,
-                 started: float | None = None):
+                 started: float | None = None, progress: Progress | None = None):
         """`command`: what reruns the run (fedcls.config.rerun_command; default: this process's
         arguments); `started`: when the run began (default: now), so that summary.json's seconds
-        are the run's one wall time, data building included."""
+        are the run's one wall time, data building included; `progress`: the console
+        (default: plain lines through `echo`)."""
         self.run_dir, self.cfg, self.echo = Path(run_dir), cfg, echo
+        self.progress = progress or Progress(cfg.rounds, echo, live=False)
         self.command = command or " ".join(sys.argv)
         self.rows: list[dict] = []
         self.partition_counts: list[list[int]] = []
@@ -121,6 +129,7 @@ class Recorder:
         write_atomic(self.run_dir / "config.yaml", to_yaml(cfg))
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.metrics_path.touch()
+        self.trackers: list | None = None  # fedcls.outputs.tracking, opened at the first round this process runs
         if not (self.run_dir / "summary.json").exists():
             self.interim()  # a run killed before its first round still leaves a summary that says so
 
@@ -137,7 +146,16 @@ class Recorder:
             f.flush()
             os.fsync(f.fileno())
         self.interim()
-        self.echo(console_line(row, self.cfg.rounds))
+        for tracker in self._trackers(rnd):
+            tracker.round(row)
+        self.progress.round_done(rnd, row["seconds"], console_line(row, self.cfg.rounds))
+
+    def _trackers(self, rnd: int) -> list:
+        if self.trackers is None:
+            from fedcls.outputs.tracking import trackers_for
+
+            self.trackers = trackers_for(self.cfg, self.run_dir, first_round=rnd)
+        return self.trackers
 
     def interim(self) -> None:
         """Until the run ends, summary.json describes it as interrupted after its last round (so a
@@ -168,6 +186,7 @@ class Recorder:
             "versions": versions(), "command": self.command, **self.extras,
             **({"error_file": self.error_file} if self.error_file and status != "completed" else {}),
             **({"client_errors": CLIENT_ERRORS_FILE} if (self.run_dir / CLIENT_ERRORS_FILE).exists() else {}),
+            **({"warnings": WARNINGS_FILE} if (self.run_dir / WARNINGS_FILE).exists() else {}),
             **({"resume_with": f"python -m fedcls.simulate {shlex.quote(f'resume={self.run_dir}')}"}
                if status != "completed" and (self.run_dir / "checkpoint.pt").exists() else {}),
         }
@@ -181,6 +200,9 @@ class Recorder:
     def finish(self, status: str = "completed", state_dict=None, error: str | None = None) -> dict:
         """Write summary.json, plots and (if given) model.pt; return the summary."""
         summary, self.status = self.write_summary(status, error), status
+        for tracker in self.trackers or []:
+            tracker.finish(summary)
+        self.trackers = []
         if state_dict is not None and self.cfg.save_model:
             import torch
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from fedcls.errors import ConfigError, UserError, run_cli
 from fedcls.outputs.locks import holding
+from fedcls.outputs.progress import Progress, duration, remaining
 from fedcls.schema import Config
 
 
@@ -98,8 +99,8 @@ def point_config(common: list[str], point: list[str], runs_dir: Path) -> Config:
     return compose([*common, *point, f"output_dir={runs_dir}", f"run_id={run_id_of(point)}"])
 
 
-def run_point(cfg: Config, runs_dir: Path) -> tuple[str, dict]:
-    """Run one grid point's config; ('done' | 'failed', summary)."""
+def run_point(cfg: Config, runs_dir: Path, progress=None) -> tuple[str, dict]:
+    """Run one grid point's config (its console: `progress`); ('done' | 'failed', summary)."""
     from fedcls.engine.runner import run
 
     run_dir = runs_dir / cfg.run_id
@@ -107,7 +108,7 @@ def run_point(cfg: Config, runs_dir: Path) -> tuple[str, dict]:
         resume = run_dir if _resumable(run_dir, cfg) else None
         if run_dir.exists() and resume is None:  # an unfinished run without a usable checkpoint
             shutil.rmtree(run_dir)
-        code = run(cfg, echo=None, resume_dir=resume)
+        code = run(cfg, echo=None, resume_dir=resume, progress=progress)
     except UserError as err:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(str(err))
@@ -115,6 +116,12 @@ def run_point(cfg: Config, runs_dir: Path) -> tuple[str, dict]:
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return ("done" if code == 0 else "failed"), summary
+
+
+def run_progress(cfg: Config, number: str) -> Progress:
+    """A sweep run's console: on a terminal a live line labelled with its place in the grid,
+    otherwise its phases and rounds as indented plain lines."""
+    return Progress(cfg.rounds, echo=lambda line: print("    " + line.strip(), flush=True), label=f"{number} ")
 
 
 def record_study(study: Path, command: str, runs: list[str]) -> None:
@@ -147,20 +154,28 @@ def _sweep(args: list[str], study: Path, common: list[str], points: list[list[st
     refuse_collisions(common, points, runs_dir)
     todo = [(p, c) for p, c in zip(points, configs) if not is_finished(runs_dir / run_id_of(p))]
     print(f"sweep {study}: {len(points)} runs, {len(points) - len(todo)} already done", flush=True)
-    failed, started = [], time.time()
+    failed, started, seconds = [], time.time(), []
     from fedcls.engine.simulation import shared_ray
 
     with shared_ray(configs[0].backend.ray_address):  # the cluster the runs attach to, as each reads it
+        from fedcls.engine.lifecycle import ray_started
+
+        print(f"  ray     {ray_started(configs[0].backend.ray_address)} ({time.time() - started:.1f}s)", flush=True)
         for k, (point, cfg) in enumerate(todo, 1):
-            status, summary = run_point(cfg, runs_dir)
+            number = f"[{len(points) - len(todo) + k}/{len(points)}]"
+            grid_left = remaining(seconds, len(todo) - k + 1)  # this run included
+            print(f"{number} {run_id_of(point)}: started"
+                  + (f"; the grid has ~{duration(grid_left)} left" if grid_left else ""), flush=True)
+            status, summary = run_point(cfg, runs_dir, run_progress(cfg, number))
+            seconds.append(summary.get("seconds") or time.time() - started - sum(seconds))
             if status == "failed":
                 failed.append(run_id_of(point))
-            elapsed = time.time() - started
-            left = elapsed / k * (len(todo) - k)
             acc = summary.get("final_accuracy")
-            print(f"[{len(points) - len(todo) + k}/{len(points)}] {run_id_of(point)}: {status}"
-                  f"{f', accuracy {acc:.4f}' if acc is not None else ''}; "
-                  f"{elapsed:.0f}s elapsed, ~{left:.0f}s left", flush=True)
+            grid_left = remaining(seconds, len(todo) - k)
+            print(f"{number} {run_id_of(point)}: {status}"
+                  f"{f', accuracy {acc:.4f}' if acc is not None else ''} in {duration(seconds[-1])}; "
+                  f"{duration(time.time() - started)} elapsed"
+                  + (f", ~{duration(grid_left)} left" if k < len(todo) else ""), flush=True)
     (study / "failed.json").write_text(json.dumps(failed, indent=2))
     print(f"study in {study}: {len(points) - len(failed)} of {len(points)} runs finished"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
