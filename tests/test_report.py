@@ -65,8 +65,8 @@ def test_report_writes_booktabs_latex_and_plots(study):
     assert tex.startswith("\\begin{tabular}{lcc}") and "\\toprule" in tex and "\\bottomrule" in tex
     assert "label\\_2" in tex and "$\\pm$" in tex
     plots = {p.name for p in (study / "plots").iterdir()}
-    assert plots == {"accuracy_iid.png", "accuracy_label_2.png", "degradation.png",
-                     "partition_iid.png", "partition_label_2.png"}
+    assert plots == {f"{name}.{kind}" for name in ("accuracy_iid", "accuracy_label_2", "degradation", "partition_iid",
+                                                   "partition_label_2") for kind in ("png", "pdf")}
 
 
 def test_report_of_an_empty_folder_exits_2(tmp_path, capsys):
@@ -190,3 +190,20 @@ def test_report_help_prints_the_whole_description(capsys):
     with pytest.raises(SystemExit):
         report_main(["--help"])
     assert "studies with held-out target sites table_targets.md/.csv" in capsys.readouterr().out
+
+
+def test_runs_that_differ_in_more_than_seed_get_rows_of_their_own_not_pooled_as_seeds(tmp_path):
+    """A study of continual methods: fedavg with ewc and with replay are two rows of 2 seeds each."""
+    from fedcls.studies.report import load_study
+
+    for seed in (0, 1):
+        for method, final in (("ewc", 0.5), ("replay", 0.7)):
+            cfg = compose(["scenario=iid", f"seed={seed}", f"continual.method={method}"])
+            run_dir = tmp_path / "runs" / f"{method}-{seed}"
+            run_dir.mkdir(parents=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+            (run_dir / "metrics.jsonl").write_text(json.dumps({"round": 1, "accuracy": final}) + "\n")
+            (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "final_accuracy": final}))
+    cells = load_study(tmp_path, 0.9)
+    assert {k: c.finals for k, c in cells.items()} == {
+        ("fedavg (continual.method=ewc)", "iid"): [0.5, 0.5], ("fedavg (continual.method=replay)", "iid"): [0.7, 0.7]}

@@ -209,7 +209,7 @@ class Recorder:
             torch.save(state_dict, self.run_dir / "model.pt")
         from fedcls.outputs.plots import plot_run
 
-        plot_run(self.rows, self.partition_counts, self.run_dir / "plots")
+        plot_run(self.rows, self.partition_counts, self.run_dir / "plots", self.cfg.to_dict(), self.extras)
         return summary
 
 

@@ -32,6 +32,7 @@ class Cell:
     curves: list[list[float]] = field(default_factory=list)
     to_target: list[int | None] = field(default_factory=list)
     partition: list[list[int]] | None = None
+    cfg: dict | None = None  # the first seed's config: names the figures (dataset, budget)
 
     @property
     def mean(self) -> float:
@@ -52,14 +53,15 @@ def load_study(study: Path, target: float) -> dict[tuple[str, str], Cell]:
     parameters differ between runs (a tuning study) gets one row per setting: "fedadam (eta=0.01)"."""
     runs = completed(run_dirs(study))
     label = strategy_labels([cfg for cfg, _, _ in runs])
+    setting = setting_labels([cfg for cfg, _, _ in runs], label)
     cells: dict[tuple[str, str], Cell] = {}
     for cfg, summary, rows in runs:
-        scenario = str(cfg["scenario"] or cfg["partition"]["kind"])
-        cell = cells.setdefault((label(cfg), scenario), Cell())
+        cell = cells.setdefault((label(cfg) + setting(cfg), scenario_of(cfg)), Cell())
         cell.finals.append(summary["final_accuracy"])
         cell.curves.append([r["accuracy"] for r in rows])
         cell.to_target.append(next((r["round"] for r in rows if r["accuracy"] >= target), None))
         cell.partition = cell.partition or summary.get("partition_counts")
+        cell.cfg = cell.cfg or cfg
     return cells
 
 
@@ -99,6 +101,28 @@ def strategy_labels(cfgs: list[dict]):
         node = cfg["strategy"]
         extra = ", ".join(f"{k}={node[k]}" for k in varied[node["name"]])
         return f"{node['name']} ({extra})" if extra else node["name"]
+    return label
+
+
+def scenario_of(cfg: dict) -> str:
+    return str(cfg["scenario"] or cfg["partition"]["kind"])
+
+
+def setting_labels(cfgs: list[dict], strategy_label):
+    """cfg -> " (key=value, ...)": the settings besides the strategy's that differ among the seeds of
+    one strategy and scenario (a study of continual methods: continual.method=ewc), so that such runs
+    get rows of their own instead of being pooled as more seeds; "" when none differ."""
+    from fedcls.studies.tables import flat, varied_keys
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for cfg in cfgs:
+        groups.setdefault((strategy_label(cfg), scenario_of(cfg)), []).append(cfg)
+    varied = {group: [k for k in varied_keys(members, ()) if not k.startswith("strategy.")]
+              for group, members in groups.items()}
+
+    def label(cfg: dict) -> str:
+        keys, values = varied[(strategy_label(cfg), scenario_of(cfg))], flat(cfg)
+        return f" ({', '.join(f'{k}={values[k]}' for k in keys)})" if keys else ""
     return label
 
 
