@@ -22,6 +22,7 @@ COMMANDS = {
                  "run one simulation: scenario=NAME key=value ... (--cfg job prints its config)"),
     "sweep": ("fedcls.sweep", "run a grid of simulations as one study: name=STUDY key=a,b,c ..."),
     "report": ("fedcls.report", "tables and plots of a study, from its run folders: STUDY_DIR"),
+    "explain": ("fedcls.explain", "Grad-CAM heatmaps of a run's global model per site: RUN_DIR"),
     "prepare-sites": ("fedcls.prepare_sites", "write each site of a scenario as a site data folder: out=DIR"),
     "submit": ("fedcls.submit", "run on a SuperLink, stream its log, exit with its outcome: superlink=NAME ..."),
     "certs": ("fedcls.certs", "CA, SuperLink certificate and SuperNode keys for a TLS rehearsal: out=DIR"),

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 import strategies
-from fedcls.errors import ConfigError, unknown_name
+from fedcls.errors import ConfigError, UserError, unknown_name
 from fedcls.schema import Config, defaults
 
 SCENARIO_DIR = Path(str(resources.files("scenarios")))  # package data: found in a wheel install too
@@ -177,6 +177,20 @@ def load_config(values: dict) -> Config:
     cfg = Config.from_dict(values)
     validate(cfg)
     return cfg
+
+
+def run_config(run_dir: Path, what: str) -> Config:
+    """The config of the run in `run_dir` (its config.yaml); UserError naming `what` (e.g.
+    "resume=results/runs/x") when the folder is not a run's or its config is unreadable."""
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{what}: no run folder there (it has no config.yaml); name a folder under results/runs/")
+    try:
+        values = yaml.safe_load((run_dir / "config.yaml").read_text())
+        if not isinstance(values, dict):
+            raise TypeError("it holds no mapping of config keys")
+        return load_config(values)
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"{run_dir / 'config.yaml'} is not a readable fedcls config ({err})") from None
 
 
 def _choose_group(cfg: dict, group: str, name: Any) -> None:

@@ -48,25 +48,13 @@ def _resume(folder: str, others: list[str]) -> int:
     """Continue the run in `folder` from its checkpoint, with the config it was started with."""
     from pathlib import Path
 
-    import yaml
-
-    from fedcls.config import load_config
+    from fedcls.config import run_config
     from fedcls.engine.runner import run
 
     if others:
         raise UserError(f"resume=<run folder> takes the run's own config; drop {others[0]}")
     run_dir = Path(folder).expanduser()
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"resume={folder}: no run folder there (it has no config.yaml); name a folder under "
-                        f"results/runs/")
-    try:
-        values = yaml.safe_load((run_dir / "config.yaml").read_text())
-        if not isinstance(values, dict):
-            raise TypeError("it holds no mapping of config keys")
-        cfg = load_config(values)
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"{run_dir / 'config.yaml'} is not a readable fedcls config ({err})") from None
-    return run(cfg, resume_dir=run_dir)
+    return run(run_config(run_dir, f"resume={folder}"), resume_dir=run_dir)
 
 
 if __name__ == "__main__":

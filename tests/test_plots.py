@@ -92,6 +92,7 @@ def test_study_lines_differ_in_marker_and_style_and_the_legend_says_what_the_ban
     assert len(styles) == 3
     assert "±1 std over seeds" in ax.get_legend().get_title().get_text()
     assert "mnist5k, 10 sites, 20 rounds × 10 local epochs, mean of 2 seeds" in ax.get_title()
+    assert plots.study_title("iid", None, [2, 3, 3]) == "iid: mean of 2-3 seeds"
 
 
 def test_degradation_bars_show_every_seed_so_a_diverged_one_is_visible(figures, tmp_path):

@@ -117,15 +117,17 @@ def plot_run(rows: list[dict], counts: list[list[int]], folder: Path, cfg: dict 
         plot_continual(rows, folder, title, (extras or {}).get("continual") or {})
 
 
-def study_title(scenario: str, cfg: dict | None, seeds: int) -> str:
+def study_title(scenario: str, cfg: dict | None, seeds: list[int]) -> str:
+    """The scenario, dataset and budget, and how many seeds the means are over (2-3: cells differ)."""
     budget = f"{cfg['dataset']}, {budget_text(cfg)}, " if cfg else ""
-    return f"{scenario}: {budget}mean of {seeds} seed{'s' if seeds != 1 else ''}"
+    lo, hi = min(seeds), max(seeds)
+    return f"{scenario}: {budget}mean of {lo if lo == hi else f'{lo}-{hi}'} seed{'s' if hi != 1 else ''}"
 
 
 def plot_study_accuracy(cells, strategies: list[str], scenario: str, path: Path) -> None:
     """Accuracy vs round in one scenario: a line per strategy, the mean over seeds with a ±1 std band."""
     present = [s for s in strategies if (s, scenario) in cells]
-    seeds = max(len(cells[(s, scenario)].curves) for s in present)
+    seeds = [len(cells[(s, scenario)].curves) for s in present]
     with style():
         fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
         last = 1
@@ -142,7 +144,7 @@ def plot_study_accuracy(cells, strategies: list[str], scenario: str, path: Path)
         ax.set(xlabel="round", ylabel="global test accuracy", ylim=(0, 1.02),
                title=study_title(scenario, cells[(present[0], scenario)].cfg, seeds))
         round_ticks(ax, last)
-        band = "shaded: ±1 std over seeds" if seeds > 1 else "one seed"
+        band = "shaded: ±1 std over seeds" if max(seeds) > 1 else "one seed"
         ax.legend(ncol=2, title=f"strategy (line: mean; {band})", title_fontsize=8)
         save(fig, path)
 
