@@ -153,3 +153,17 @@ def test_tensorboard_and_mlflow_hold_each_rounds_scalars_as_metrics_jsonl_says(t
         history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, tag))
         assert history == [(step, pytest.approx(v)) for step, v in zip([1, 2, 3], values)], tag
     assert run.data.metrics["final_accuracy"] == rows[-1]["accuracy"]
+
+
+def test_a_sweep_runs_round_lines_say_how_long_the_whole_grid_has_left(capsys):
+    from fedcls.studies.sweep import run_progress
+
+    progress = run_progress(compose(["rounds=3"]), "[4/9]", later_runs=600.0)  # 5 runs after this, 2 min each
+    progress.round_done(1, 30.0, "round 1/3")
+    progress.round_done(2, 10.0, "round 2/3")
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["    round 1/3  left ~1m00s  grid ~11m00s left", "    round 2/3  left ~10s  grid ~10m10s left"]
+    assert run_progress(compose([]), "[1/9]", later_runs=None).after(5.0) == ""  # no pace yet: no grid ETA
+    first = run_progress(compose(["rounds=3"]), "[1/9]", later_runs=None)
+    first.round_done(1, 30.0, "round 1/3")
+    assert capsys.readouterr().out == "    round 1/3  left ~1m00s\n"

@@ -40,10 +40,11 @@ def remaining(round_seconds: list[float], rounds_left: int) -> float | None:
 class Progress:
     """One run's console (module docstring). `echo` takes each plain line (None: silent);
     `live`: draw the live line (default: when stdout is a terminal); `label` prefixes it (a
-    sweep's [k/N] run id); `after` returns text appended to every round line (a sweep's grid ETA)."""
+    sweep's [k/N] run id); `after(seconds this run has left)` returns text appended to every round
+    line and the live line (a sweep's time left for the whole grid)."""
 
     def __init__(self, rounds: int, echo: Callable[[str], None] | None = print, live: bool | None = None,
-                 label: str = "", after: Callable[[], str] | None = None):
+                 label: str = "", after: Callable[[float], str] | None = None):
         self.rounds, self.echo, self.label, self.after = rounds, echo, label, after
         self.live = (sys.stdout.isatty() if live is None else live) and echo is not None
         self.round_seconds: list[float] = []
@@ -73,8 +74,8 @@ class Progress:
         self.round_seconds.append(seconds)
         left = remaining(self.round_seconds, self.rounds - rnd)
         extra = [f"left ~{duration(left)}"] if left and rnd < self.rounds else []
-        if self.after:
-            extra.append(self.after())
+        if self.after and (grid := self.after(left or 0.0)):
+            extra.append(grid)
         self._write("  ".join([line, *extra]))
         if self._bar is not None:
             self._bar.update(rnd - self._bar.n)
@@ -104,6 +105,8 @@ class Progress:
         where = f"round {self._round}/{self.rounds}" if self._round else "starting"  # round 0: the roll call
         text = (f"{self.label}{where}: {self._stage}{sites} {now - self._stage_started:.0f}s"
                 + (f", ~{duration(left)} left" if left else ""))
+        if self.after and (grid := self.after(left or 0.0)):
+            text += f"; {grid}"
         if self._bar is None:
             from tqdm import tqdm  # the live line: tqdm's, fitted to the terminal's width
 

@@ -118,10 +118,15 @@ def run_point(cfg: Config, runs_dir: Path, progress=None) -> tuple[str, dict]:
     return ("done" if code == 0 else "failed"), summary
 
 
-def run_progress(cfg: Config, number: str) -> Progress:
+def run_progress(cfg: Config, number: str, later_runs: float | None) -> Progress:
     """A sweep run's console: on a terminal a live line labelled with its place in the grid,
-    otherwise its phases and rounds as indented plain lines."""
-    return Progress(cfg.rounds, echo=lambda line: print("    " + line.strip(), flush=True), label=f"{number} ")
+    otherwise its phases and rounds as indented plain lines; both say how long the grid has left
+    (this run's time left plus `later_runs` seconds, once a run has finished to measure the pace)."""
+    def grid_left(run_left: float) -> str:
+        return f"grid ~{duration(run_left + later_runs)} left" if later_runs is not None else ""
+
+    return Progress(cfg.rounds, echo=lambda line: print("    " + line.strip(), flush=True), label=f"{number} ",
+                    after=grid_left)
 
 
 def record_study(study: Path, command: str, runs: list[str]) -> None:
@@ -166,7 +171,8 @@ def _sweep(args: list[str], study: Path, common: list[str], points: list[list[st
             grid_left = remaining(seconds, len(todo) - k + 1)  # this run included
             print(f"{number} {run_id_of(point)}: started"
                   + (f"; the grid has ~{duration(grid_left)} left" if grid_left else ""), flush=True)
-            status, summary = run_point(cfg, runs_dir, run_progress(cfg, number))
+            after = remaining(seconds, len(todo) - k)  # the runs after this one, at the pace so far
+            status, summary = run_point(cfg, runs_dir, run_progress(cfg, number, after))
             seconds.append(summary.get("seconds") or time.time() - started - sum(seconds))
             if status == "failed":
                 failed.append(run_id_of(point))
