@@ -149,3 +149,29 @@ def test_a_round_in_which_no_answering_client_holds_data_keeps_the_weights(monke
     for row in empty:  # the weights did not move: the global numbers repeat the round before
         before = recorder.rows[row["round"] - 2]
         assert (row["accuracy"], row["loss"]) == (before["accuracy"], before["loss"])
+
+
+class PullGrid:
+    """A transport like Flower's: messages pushed, replies pulled a few at a time."""
+
+    def __init__(self, nodes):
+        self.nodes, self.pending = nodes, []
+
+    def push_messages(self, messages):
+        self.pending = [(i, m.metadata.dst_node_id) for i, m in enumerate(messages)]
+        return [i for i, _ in self.pending]
+
+    def pull_messages(self, ids):
+        got, self.pending = self.pending[:1], self.pending[1:]  # one reply per pull
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i, src_node_id=n)) for i, n in got]
+
+
+def test_the_live_line_hears_of_each_reply_as_it_is_pulled(monkeypatch):
+    from fedcls.apps import federation
+
+    monkeypatch.setattr(federation, "PULL_INTERVAL_S", 0.0)
+    heard = []
+    grid = SiteOrderedGrid(PullGrid([5, 6, 7]), {5: 0, 6: 1, 7: 2}, on_replies=heard.append)
+    messages = [SimpleNamespace(metadata=SimpleNamespace(dst_node_id=n)) for n in (7, 5, 6)]
+    replies = grid.send_and_receive(messages)
+    assert heard == [1, 2, 3] and [r.metadata.src_node_id for r in replies] == [5, 6, 7]

@@ -85,8 +85,9 @@ class SiteOrderedGrid:
     samples with the global ``random`` over ``get_node_ids()``) and the order of aggregation --
     hence every float -- are the same in every run, whatever node ids the run drew."""
 
-    def __init__(self, grid: Grid, site_of_node: dict[int, int]):
-        self._grid = grid
+    def __init__(self, grid: Grid, site_of_node: dict[int, int], on_replies: Callable[[int], None] | None = None):
+        """`on_replies(n)`: told how many sites have answered so far (the console's live line)."""
+        self._grid, self.on_replies = grid, on_replies
         self.site_of_node = site_of_node
         self._nodes = sorted(site_of_node, key=site_of_node.__getitem__)
         self.active_sites: set[int] | None = None  # None: every site may be sampled
@@ -100,7 +101,7 @@ class SiteOrderedGrid:
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None):
         if hasattr(self._grid, "push_messages"):
-            replies = push_and_pull(self._grid, messages, timeout)
+            replies = push_and_pull(self._grid, messages, timeout, self.on_replies)
         else:  # a grid of our own (the cohort executor)
             replies = self._grid.send_and_receive(messages, timeout=timeout)
         return sorted(replies, key=lambda m: self.site_of_node.get(m.metadata.src_node_id, -1))
@@ -235,7 +236,7 @@ def run_federation(grid: Grid, cfg: Config, data: FederatedData, recorder: Recor
     recorder.progress.phase("sites", f"{len(site_of_node)} of {cfg.num_clients} answered the roll call "
                                      "(their actors or SuperNodes are up)")
     check_roster(site_of_node, cfg.num_clients)
-    grid = SiteOrderedGrid(grid, site_of_node)
+    grid = SiteOrderedGrid(grid, site_of_node, recorder.progress.replies)
     arrays, evaluate_global = global_evaluator(cfg, data.dataset)
     recorder.start(data)
     strategy, extensions, first = build_strategy(cfg), extensions_for(cfg, data), 1
