@@ -24,8 +24,8 @@ def test_simulation_writes_every_file_and_learns(cli, tmp_path):
     assert run_dir.name == "e2e"
     assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json",
                                                    "model.pt", "plots"}
-    assert {p.name for p in (run_dir / "plots").iterdir()} == {f"{name}.{kind}" for name in ("accuracy", "partition")
-                                                               for kind in ("png", "pdf")}
+    assert {p.name for p in (run_dir / "plots").iterdir()} == {f"{name}.{kind}" for kind in ("png", "pdf")
+                                                               for name in ("accuracy", "partition", "traffic")}
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["strategy"]["name"] == "fedprox"
     assert [r["round"] for r in rows] == [1, 2]
     assert [r["failures"] for r in rows] == [[], []]

@@ -27,6 +27,7 @@ from fedcls.apps.client_app import EXAMPLES_KEY, SITE_KEY
 from fedcls.apps.features import extensions_for
 from fedcls.apps.payload import CONFIG_KEY, Payload
 from fedcls.apps.screening import ReplyScreen
+from fedcls.apps.traffic import Traffic
 from fedcls.data.federated import FederatedData
 from fedcls.data.site_folders import federation_info
 from fedcls.data.sources import Dataset
@@ -89,6 +90,7 @@ class SiteOrderedGrid:
         """`on_replies(n)`: told how many sites have answered so far (the console's live line)."""
         self._grid, self.on_replies = grid, on_replies
         self.site_of_node = site_of_node
+        self.traffic = Traffic()  # bytes to and from the sites (fedcls.apps.traffic)
         self._nodes = sorted(site_of_node, key=site_of_node.__getitem__)
         self.active_sites: set[int] | None = None  # None: every site may be sampled
 
@@ -100,10 +102,12 @@ class SiteOrderedGrid:
                 if self.active_sites is None or self.site_of_node[n] in self.active_sites]
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None):
+        messages = list(messages)
         if hasattr(self._grid, "push_messages"):
             replies = push_and_pull(self._grid, messages, timeout, self.on_replies)
         else:  # a grid of our own (the cohort executor)
             replies = self._grid.send_and_receive(messages, timeout=timeout)
+        self.traffic.count(messages, replies)
         return sorted(replies, key=lambda m: self.site_of_node.get(m.metadata.src_node_id, -1))
 
 
@@ -335,7 +339,7 @@ def _round(grid: SiteOrderedGrid, cfg: Config, rnd: int, arrays: ArrayRecord, st
         "failures": (_failures(replies) + [f"site {site} rejected: {why}" for site, why in screened.rejected]
                      + _failures(eval_replies)),
         "faults": failed, "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
-        "started_at": started_at, **extra,
+        "started_at": started_at, "bytes": grid.traffic.take(), **extra,
     })
     return arrays
 

@@ -15,7 +15,7 @@ from fedcls.errors import Interrupted, UserError, stop_if_asked
 from fedcls.outputs import checkpoint
 from fedcls.outputs.locks import holding
 from fedcls.outputs.progress import Progress
-from fedcls.outputs.results import Recorder, new_run_dir
+from fedcls.outputs.results import Recorder, new_run_dir, total_bytes
 from fedcls.schema import Config
 
 
@@ -56,9 +56,11 @@ def _run(cfg: Config, echo, resume_dir: Path | None, progress: Progress, log: Wa
         return code
     rows = recorder.rows
     best = max(rows, key=lambda r: r["accuracy"])
+    traffic = total_bytes(rows)
     print(f"done in {recorder.seconds:.1f}s: final accuracy {rows[-1]['accuracy']:.4f}, best "
-          f"{best['accuracy']:.4f} (round {best['round']}){headline(recorder.extras)}; results in "
-          f"{recorder.run_dir}")
+          f"{best['accuracy']:.4f} (round {best['round']}){headline(recorder.extras)}; "
+          f"{traffic['to_sites'] / 1e6:.1f} MB sent to the sites, {traffic['from_sites'] / 1e6:.1f} MB back; "
+          f"results in {recorder.run_dir}")
     return 0
 
 

@@ -74,6 +74,24 @@ def plot_accuracy(rows: list[dict], path: Path, title: str = "") -> None:
         save(fig, path)
 
 
+def megabytes_so_far(rows: list[dict]) -> np.ndarray:
+    """Cumulative megabytes to and from the sites after each round (fedcls.apps.traffic)."""
+    per_round = [sum(r.get("bytes", {}).values()) / 1e6 for r in rows]
+    return np.cumsum(per_round)
+
+
+def plot_accuracy_vs_traffic(rows: list[dict], path: Path, title: str = "") -> None:
+    """Global test accuracy against the megabytes sent to and received from the sites so far."""
+    with style():
+        fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+        ax.plot(megabytes_so_far(rows), [r["accuracy"] for r in rows], color="C0", **line_style(0, len(rows)),
+                label="global test set")
+        ax.set(xlabel="megabytes to and from the sites so far", ylabel="accuracy", ylim=(0, 1.02),
+               title=title or "Accuracy against communication")
+        ax.legend()
+        save(fig, path)
+
+
 def plot_partition(counts: list[list[int]], path: Path, title: str = "") -> None:
     """Samples per site and class on a log colour scale (a site with 3 samples of a class is not
     drawn as empty), the count in each cell when they fit, each site's total on the right."""
@@ -109,6 +127,8 @@ def plot_run(rows: list[dict], counts: list[list[int]], folder: Path, cfg: dict 
     title = run_title(cfg) if cfg else ""
     if rows:
         plot_accuracy(rows, folder / "accuracy.png", title)
+    if rows and all("bytes" in r for r in rows):
+        plot_accuracy_vs_traffic(rows, folder / "traffic.png", title)
     if counts:
         plot_partition(counts, folder / "partition.png", title)
     if rows and "experience_accuracy" in rows[-1]:

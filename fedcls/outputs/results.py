@@ -80,6 +80,11 @@ def _finite_or_null(value):
     return value
 
 
+def total_bytes(rows: list[dict]) -> dict[str, int]:
+    """Bytes sent to and received from the sites over the rounds so far (fedcls.apps.traffic)."""
+    return {way: sum(r.get("bytes", {}).get(way, 0) for r in rows) for way in ("to_sites", "from_sites")}
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so readers never see half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -182,7 +187,7 @@ class Recorder:
             "scenario": self.cfg.scenario or self.cfg.scenario_file, "strategy": self.cfg.strategy.name,
             "dataset": self.cfg.dataset, "model": self.cfg.model.name,
             "num_clients": self.cfg.num_clients, "partition": self.cfg.partition.kind,
-            "partition_counts": self.partition_counts,
+            "partition_counts": self.partition_counts, "bytes": total_bytes(self.rows),
             "versions": versions(), "command": self.command, **self.extras,
             **({"error_file": self.error_file} if self.error_file and status != "completed" else {}),
             **({"client_errors": CLIENT_ERRORS_FILE} if (self.run_dir / CLIENT_ERRORS_FILE).exists() else {}),

@@ -25,14 +25,16 @@ TENSORBOARD_DIR = "tensorboard"
 
 def scalars(row: dict) -> dict[str, float]:
     """A metrics.jsonl row as tracker scalars: global/, sites/ (the sites' evaluation of the
-    global model, mean/min/max), site/<id>/, train/, run/ (failures, seconds) and the extensions'
-    numbers (continual average accuracy and forgetting, domain target accuracy)."""
+    global model, mean/min/max), site/<id>/, train/, run/ (failures, seconds), traffic/ (megabytes
+    to and from the sites this round) and the extensions' numbers (continual average accuracy and
+    forgetting, domain target accuracy)."""
     out = {"global/accuracy": row["accuracy"], "global/loss": row["loss"],
            "run/failures": len(row.get("failures", [])), "run/seconds": row.get("seconds", 0.0)}
     out.update({f"train/{k}": v for k, v in row.get("train", {}).items() if _number(v)})
     out.update({f"sites/{k}": v for k, v in row.get("clients", {}).items() if _number(v)})
     for site, metrics in row.get("sites", {}).items():
         out.update({f"site/{site}/{k}": v for k, v in metrics.items() if k in ("accuracy", "loss")})
+    out.update({f"traffic/{way}_mb": n / 1e6 for way, n in row.get("bytes", {}).items()})
     for key in ("average_accuracy", "forgetting", "bwt", "target_accuracy"):
         if _number(row.get(key)):
             out[f"extra/{key}"] = row[key]
