@@ -31,7 +31,7 @@ def save(fig, path: Path) -> None:
     """`path` as PNG (for the README and a quick look) and PDF (vector, for a paper); closes `fig`."""
     path = Path(path)
     fig.savefig(path.with_suffix(".png"), dpi=150)
-    fig.savefig(path.with_suffix(".pdf"))
+    fig.savefig(path.with_suffix(".pdf"), metadata={"CreationDate": None})  # same figure, same bytes (git)
     plt.close(fig)
 
 
