@@ -42,6 +42,9 @@ def check_across_keys(cfg: Config) -> None:
              "data.local_test_fraction=0 leaves the target sites (domain.targets) no labelled test split "
              "to measure target_accuracy on: set data.local_test_fraction > 0 (e.g. 0.2)")
     check_faults(cfg)
+    _require(cfg.compression.kind == "none" or not cfg.backend.pre_aggregate,
+             "compression sends each site's update compressed and the server decodes it, but backend.pre_aggregate "
+             "averages a cohort's replies in the actor first: set backend.pre_aggregate=false")
     _require(not (cfg.device == "cuda" and cfg.backend.num_gpus == 0),
              "device=cuda needs GPUs for the clients: set backend.num_gpus (e.g. 0.25)")
 

@@ -203,6 +203,14 @@ class ScreeningConfig:
 
 
 @dataclass
+class CompressionConfig:
+    kind: str = opt("none", "none | float16 | int8 (per-tensor symmetric) | topk (largest entries): the "
+                    "sites' model updates, compressed on the wire", choices=("none", "float16", "int8", "topk"))
+    topk_fraction: float = opt(0.01, "topk: share of each tensor's entries sent", gt=0, le=1)
+    error_feedback: bool = opt(True, "a site adds what compression left out to its next update")
+
+
+@dataclass
 class TrackingConfig:
     tensorboard: bool = opt(True, "TensorBoard event files in <run folder>/tensorboard (tensorboard --logdir "
                             "results/runs)")
@@ -251,6 +259,8 @@ class Config:
         "help": "injected, seeded by (seed, round, site), recorded per round"})
     screening: ScreeningConfig = field(default_factory=ScreeningConfig, metadata={
         "help": "the server's checks on each training reply (fedcls.apps.screening)"})
+    compression: CompressionConfig = field(default_factory=CompressionConfig, metadata={
+        "help": "update compression at the sites (fedcls.algorithms.compression)"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={
         "help": "experiment trackers the rounds are written to besides metrics.jsonl"})
     verbose: bool = opt(False, "show Flower and Ray logs")

@@ -7,7 +7,7 @@ copy of the server's config; data and model come from the per-actor cache.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -116,6 +116,7 @@ class TrainJob:
     local_keys: set[str]
     participations: int
     features: list[ClientHalf]  # the enabled features' client halves (fedcls.apps.features)
+    feature_state: dict = field(default_factory=dict)  # state the halves keep from this round on (compression's residuals)
 
     @property
     def data(self):
@@ -147,13 +148,13 @@ def prepare_train(msg: Message, context: Context) -> TrainJob:
 
 def train_reply(job: TrainJob, result, weights: dict) -> Message:
     """Save the client's new state and answer with its weights, metrics and named tensors."""
-    state = {**result.state, "fedcls": {"participations": torch.tensor(job.participations)}}
-    client_state.save(job.context, job.site, state, job.checkpointed, job.round)
     metrics = {**result.metrics, "participations": float(job.participations), "site": float(job.site),
                "num-examples": result.examples}
     weights = {k: v for k, v in weights.items() if k not in job.local_keys}
-    for half in job.features:
-        weights, metrics = half.outgoing(job, weights, metrics)  # fault injection: poisoned or malicious
+    for half in job.features:  # fault injection: poisoned or malicious; compression: what travels
+        weights, metrics = half.outgoing(job, weights, metrics)  # (their state: job.feature_state)
+    state = {**result.state, **job.feature_state, "fedcls": {"participations": torch.tensor(job.participations)}}
+    client_state.save(job.context, job.site, state, job.checkpointed, job.round)
     content = RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics),
                           **{name: ArrayRecord(t) for name, t in result.outbox.items()}})
     return Message(content=content, reply_to=job.msg)
