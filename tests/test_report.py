@@ -207,3 +207,23 @@ def test_runs_that_differ_in_more_than_seed_get_rows_of_their_own_not_pooled_as_
     cells = load_study(tmp_path, 0.9)
     assert {k: c.finals for k, c in cells.items()} == {
         ("fedavg (continual.method=ewc)", "iid"): [0.5, 0.5], ("fedavg (continual.method=replay)", "iid"): [0.7, 0.7]}
+
+
+def test_runs_that_counted_bytes_get_a_megabytes_table_and_an_accuracy_against_megabytes_plot(tmp_path):
+    from fedcls.studies.report import load_study
+
+    for seed, per_round in ((0, 1_000_000), (1, 3_000_000)):  # 1 MB and 3 MB each round, both ways together
+        cfg = compose(["scenario=iid", f"seed={seed}"])
+        run_dir = tmp_path / "runs" / f"iid-{seed}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+        rows = [{"round": r, "accuracy": 0.5 + 0.1 * r, "bytes": {"to_sites": per_round // 2, "from_sites": per_round // 2}}
+                for r in (1, 2, 3)]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "final_accuracy": 0.8}))
+    cell = load_study(tmp_path, 0.9)[("fedavg", "iid")]
+    assert cell.megabytes == [[1.0, 2.0, 3.0], [3.0, 6.0, 9.0]]
+    report(tmp_path)
+    table = (tmp_path / "table.md").read_text()
+    assert "| fedavg | 6.0 |" in table.split("Megabytes to and from the sites")[1]  # (3 + 9) / 2
+    assert (tmp_path / "plots" / "traffic_iid.png").exists()

@@ -169,6 +169,29 @@ def plot_study_accuracy(cells, strategies: list[str], scenario: str, path: Path)
         save(fig, path)
 
 
+def plot_study_traffic(cells, strategies: list[str], scenario: str, path: Path) -> bool:
+    """Accuracy against megabytes so far in one scenario, a line per strategy (means over the seeds
+    that counted bytes); False (nothing drawn) when no run of the scenario counted them."""
+    present = [s for s in strategies if cells.get((s, scenario)) and cells[(s, scenario)].megabytes]
+    if not present:
+        return False
+    with style():
+        fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+        for i, strategy in enumerate(present):
+            cell = cells[(strategy, scenario)]
+            pairs = [(m, c) for m, c in zip(cell.megabytes, cell.curves)]
+            length = min(min(len(m), len(c)) for m, c in pairs)
+            mb = np.mean([m[:length] for m, _ in pairs], axis=0)
+            acc = np.mean([c[:length] for _, c in pairs], axis=0)
+            ax.plot(mb, acc, color=f"C{i}", **line_style(i, length), label=strategy)
+        ax.set(xlabel="megabytes to and from the sites so far", ylabel="global test accuracy", ylim=(0, 1.02),
+               title=study_title(scenario, cells[(present[0], scenario)].cfg,
+                                 [len(cells[(s, scenario)].megabytes) for s in present]))
+        ax.legend(ncol=2, title="line: mean over seeds", title_fontsize=8)
+        save(fig, path)
+    return True
+
+
 def plot_degradation(cells, strategies, scenarios, degradation, path: Path) -> None:
     """Grouped bars: points lost against iid per scenario and strategy (mean over seeds); error bars:
     the std over seeds of the difference, sqrt(std_scenario^2 + std_iid^2) (seeds drawn
@@ -208,6 +231,7 @@ def plot_study(cells, strategies, scenarios, folder: Path, degradation) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for scenario in scenarios:
         plot_study_accuracy(cells, strategies, scenario, folder / f"accuracy_{scenario}.png")
+        plot_study_traffic(cells, strategies, scenario, folder / f"traffic_{scenario}.png")
         cell = next((cells[(s, scenario)] for s in strategies
                      if (s, scenario) in cells and cells[(s, scenario)].partition), None)
         if cell:

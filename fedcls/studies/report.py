@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import statistics
 import sys
@@ -33,6 +34,7 @@ class Cell:
     to_target: list[int | None] = field(default_factory=list)
     partition: list[list[int]] | None = None
     cfg: dict | None = None  # the first seed's config: names the figures (dataset, budget)
+    megabytes: list[list[float]] = field(default_factory=list)  # per seed: MB to and from the sites so far, per round
 
     @property
     def mean(self) -> float:
@@ -61,6 +63,8 @@ def load_study(study: Path, target: float) -> dict[tuple[str, str], Cell]:
         cell.curves.append([r["accuracy"] for r in rows])
         cell.to_target.append(next((r["round"] for r in rows if r["accuracy"] >= target), None))
         cell.partition = cell.partition or summary.get("partition_counts")
+        if all("bytes" in r for r in rows):  # runs since fedcls counted bytes (fedcls.apps.traffic)
+            cell.megabytes.append(list(itertools.accumulate(sum(r["bytes"].values()) / 1e6 for r in rows)))
         cell.cfg = cell.cfg or cfg
     return cells
 
@@ -214,8 +218,18 @@ def markdown(cells, strategies, scenarios, target) -> str:
         degradation_table,
         table(f"Rounds to reach {target:.0%} global accuracy (mean over seeds that did)",
               lambda s, c: rounds_text(cells.get((s, c)))),
+        *([table("Megabytes to and from the sites over the whole run (mean over seeds)",
+                 lambda s, c: megabytes_text(cells.get((s, c))))]
+          if any(c.megabytes for c in cells.values()) else []),
         LEGEND,
     ]) + "\n"
+
+
+def megabytes_text(cell: Cell | None) -> str:
+    """A run's total traffic in MB, mean over the seeds that counted it ("–": none did)."""
+    if cell is None or not cell.megabytes:
+        return "–"
+    return f"{statistics.fmean(m[-1] for m in cell.megabytes):.1f}"
 
 
 def latex(cells, strategies, scenarios) -> str:
