@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
 import statistics
 import sys
@@ -64,7 +63,9 @@ def load_study(study: Path, target: float) -> dict[tuple[str, str], Cell]:
         cell.to_target.append(next((r["round"] for r in rows if r["accuracy"] >= target), None))
         cell.partition = cell.partition or summary.get("partition_counts")
         if all("bytes" in r for r in rows):  # runs since fedcls counted bytes (fedcls.apps.traffic)
-            cell.megabytes.append(list(itertools.accumulate(sum(r["bytes"].values()) / 1e6 for r in rows)))
+            from fedcls.outputs.plots import megabytes_so_far
+
+            cell.megabytes.append([float(mb) for mb in megabytes_so_far(rows)])
         cell.cfg = cell.cfg or cfg
     return cells
 
