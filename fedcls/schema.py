@@ -211,6 +211,34 @@ class CompressionConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    dp: str = opt("none", "differential privacy: none | central (the server clips each site's update and "
+                  "adds Gaussian noise to their mean: Flower's server-side DP wrappers) | client_clipping "
+                  "(sites clip with Flower's clipping mod, the server adds the noise) | dpsgd (sample-level "
+                  "DP-SGD at each site with Opacus)", choices=("none", "central", "client_clipping", "dpsgd"))
+    noise_multiplier: float = opt(1.0, "noise std / clipping norm (central and client_clipping: of the "
+                                  "sites' update sum; dpsgd: of each batch's gradient sum)", ge=0)
+    clipping_norm: float = opt(1.0, "central, client_clipping: the L2 bound on a site's update; dpsgd: on "
+                               "each sample's gradient", gt=0)
+    clipping: str = opt("fixed", "central: fixed or adaptive clipping (Andrew et al. 2021: the norm tracks "
+                        "a quantile of the updates' norms)", choices=("fixed", "adaptive"))
+    target_epsilon: float = opt(0.0, "dpsgd: the epsilon every site may spend over the whole run; sizes the "
+                                "noise multiplier (0: use noise_multiplier)", ge=0, hint="0: use noise_multiplier")
+    delta: float = opt(1e-5, "the delta of the (epsilon, delta) guarantee reported", gt=0, lt=1)
+    secagg: bool = opt(False, "secure aggregation with Flower's SecAgg+: the server sees only the sum of the "
+                       "sites' (quantised) updates")
+    secagg_shares: float = opt(1.0, "SecAgg+: share of the sampled sites each one shares its secrets with "
+                               "(Flower's num_shares as a fraction)", gt=0, le=1)
+    secagg_threshold: float = opt(0.5, "SecAgg+: share of a site's secret shares needed to reconstruct it "
+                                  "(Flower's reconstruction_threshold): the most sites that may drop mid-"
+                                  "round is the rest", gt=0, le=1)
+    secagg_clipping_range: float = opt(8.0, "SecAgg+: weights are clipped to +-this before quantisation",
+                                       gt=0)
+    secagg_quantization_range: int = opt(4194304, "SecAgg+: quantisation levels over the clipping range "
+                                         "(2^22: steps of 4e-6 at range 8)", ge=2)
+
+
+@dataclass
 class TrackingConfig:
     tensorboard: bool = opt(True, "TensorBoard event files in <run folder>/tensorboard (tensorboard --logdir "
                             "results/runs)")
@@ -261,6 +289,8 @@ class Config:
         "help": "the server's checks on each training reply (fedcls.apps.screening)"})
     compression: CompressionConfig = field(default_factory=CompressionConfig, metadata={
         "help": "update compression at the sites (fedcls.algorithms.compression)"})
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig, metadata={
+        "help": "differential privacy and secure aggregation (fedcls.algorithms.privacy, .dpsgd, .secagg)"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={
         "help": "experiment trackers the rounds are written to besides metrics.jsonl"})
     verbose: bool = opt(False, "show Flower and Ray logs")

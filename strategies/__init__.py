@@ -68,6 +68,8 @@ class Capabilities:
     weighted_mean: bool = False  # aggregation is the example-weighted mean of the weights (FedAvg's)
     needs_batchnorm: bool = False  # only meaningful with a BatchNorm model (FedBN)
     integer_buffers: bool = True  # can aggregate integer buffers (BatchNorm's num_batches_tracked)
+    plain_mean: bool = False  # the new global model IS the mean of the replies' weights (no server optimizer
+    # or server state, no records besides the weights): central DP's clip-and-noise covers all it releases
 
 
 def _no_hooks(config, inbox) -> list:

@@ -10,7 +10,7 @@ from fedcls.schema import Config
 from strategies import Capabilities
 
 PARAMS: dict = {}
-CAPABILITIES = Capabilities(weighted_mean=True)  # the cohort executor may pre-aggregate
+CAPABILITIES = Capabilities(weighted_mean=True, plain_mean=True)  # the cohort executor may pre-aggregate
 
 
 def build_server(params: dict, common: dict, cfg: Config) -> Strategy:

@@ -14,7 +14,7 @@ from fedcls.schema import Config
 from strategies import Capabilities, Param
 
 PARAMS = {"proximal_mu": Param(0.01, "weight mu of the proximal term", minimum=0.0)}
-CAPABILITIES = Capabilities(weighted_mean=True)  # the cohort executor may pre-aggregate
+CAPABILITIES = Capabilities(weighted_mean=True, plain_mean=True)  # the cohort executor may pre-aggregate
 
 
 def build_server(params: dict, common: dict, cfg: Config) -> Strategy:

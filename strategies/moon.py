@@ -19,13 +19,14 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedcls.algorithms.training import Hook, TrainContext
 from fedcls.schema import Config
-from strategies import Param
+from strategies import Capabilities, Param
 
 PARAMS = {
     "mu": Param(0.1, "weight mu of the model-contrastive loss (results/studies/strategy_defaults)", minimum=0.0),
     "temperature": Param(0.5, "temperature T", minimum=1e-6),
 }
 MU_KEY, TEMP_KEY, STATE_KEY = "moon-mu", "moon-temperature", "moon"
+CAPABILITIES = Capabilities(plain_mean=True)  # its server is FedAvg's mean
 
 
 class Moon(FedAvg):

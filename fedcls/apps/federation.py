@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 import strategies
+from fedcls.algorithms import privacy
 from fedcls.algorithms.models import build_model
 from fedcls.algorithms.training import evaluate
 from fedcls.apps import faults
@@ -78,7 +79,10 @@ def build_strategy(cfg: Config) -> Strategy:
         "evaluate_metrics_aggr_fn": aggregate_with_spread,
         "train_metrics_aggr_fn": aggregate_train_metrics,
     }
-    return strategies.get(cfg.strategy.name).build_server(dict(cfg.strategy.params), common, cfg)
+    if privacy.central(cfg):
+        common["weighted_by_key"] = privacy.WEIGHT_KEY  # the uniform mean the DP noise is sized for
+    strategy = strategies.get(cfg.strategy.name).build_server(dict(cfg.strategy.params), common, cfg)
+    return privacy.wrap_strategy(strategy, cfg) if privacy.central(cfg) else strategy
 
 
 class SiteOrderedGrid:
