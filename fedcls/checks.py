@@ -42,6 +42,7 @@ def check_across_keys(cfg: Config) -> None:
              "data.local_test_fraction=0 leaves the target sites (domain.targets) no labelled test split "
              "to measure target_accuracy on: set data.local_test_fraction > 0 (e.g. 0.2)")
     check_faults(cfg)
+    check_privacy(cfg)
     _require(cfg.compression.kind == "none" or not cfg.backend.pre_aggregate,
              "compression sends each site's update compressed and the server decodes it, but backend.pre_aggregate "
              "averages a cohort's replies in the actor first: set backend.pre_aggregate=false")
@@ -60,6 +61,61 @@ def check_faults(cfg: Config) -> None:
     _require(f.byzantine_site < 0 or not cfg.backend.pre_aggregate,
              "faults.byzantine_site tests the server's screening of each site's reply, but backend.pre_aggregate "
              "averages a cohort's replies before the server sees them: set backend.pre_aggregate=false")
+
+
+def check_privacy(cfg: Config) -> None:
+    """Differential privacy and SecAgg+ where they are sound (fedcls.algorithms.privacy, .dpsgd, .secagg)."""
+    import strategies
+    from fedcls.algorithms.models import has_batchnorm
+
+    p, name = cfg.privacy, cfg.strategy.name
+    caps = strategies.capabilities(name)
+    if p.dp in ("central", "client_clipping"):
+        _require(caps.plain_mean, f"privacy.dp={p.dp} noises the mean of the sites' updates, but strategy={name} "
+                 "releases more than that mean (a server optimiser, server state or extra records computed from "
+                 "un-noised updates): use strategy=fedavg, fedprox or moon, or privacy.dp=dpsgd")
+        _require(cfg.continual.kind == "none", f"privacy.dp={p.dp} with continual learning: a site with no data in "
+                 "an experience sends a zero update, which Flower 1.42's clipping divides by; set continual.kind=none")
+    if p.dp == "client_clipping":
+        _require(cfg.compression.kind == "none", "privacy.dp=client_clipping clips the weights a site sends, "
+                 "which compression has already encoded: set compression.kind=none (or privacy.dp=central)")
+        _require(cfg.backend.executor != "cohort", "privacy.dp=client_clipping clips in Flower's ClientApp mod, "
+                 "which the cohort executor does not run: set backend.executor=clientapp (or privacy.dp=central)")
+    if p.dp == "dpsgd":
+        _require(not has_batchnorm(cfg.model), f"privacy.dp=dpsgd needs per-sample gradients, which Opacus cannot "
+                 f"compute through BatchNorm (model={cfg.model.name}, model.norm={cfg.model.norm}): use "
+                 "model=simple_cnn, or model.norm=group for resnet18")
+        _require(strategies.get(name).client_hooks is strategies.get("fedavg").client_hooks,
+                 f"privacy.dp=dpsgd trains with Opacus's own SGD, without strategy={name}'s local terms: use a "
+                 "strategy without a client half (fedavg, fedavgm, fedadam, fedyogi, fedadagrad)")
+        _require(cfg.continual.kind == "none" and not cfg.coral.enabled,
+                 "privacy.dp=dpsgd trains the plain classification loss: it does not combine with continual "
+                 "learning or CORAL (set continual.kind=none, coral.enabled=false)")
+    if p.secagg:
+        check_secagg(cfg, caps.weighted_mean)
+
+
+def check_secagg(cfg: Config, weighted_mean: bool) -> None:
+    p, name = cfg.privacy, cfg.strategy.name
+    _require(weighted_mean, f"privacy.secagg=true gives the server only the sum of the sites' weights, but "
+             f"strategy={name} needs each site's own reply: use fedavg, fedprox, fedavgm, fedadam, fedyogi or fedadagrad")
+    _require(p.dp in ("none", "dpsgd"), f"privacy.secagg=true hides each site's update, which privacy.dp={p.dp} "
+             "clips at the server: use privacy.dp=dpsgd (noise at the sites) or privacy.secagg=false")
+    _require(cfg.compression.kind == "none", "privacy.secagg=true quantises and masks the weights itself: set "
+             "compression.kind=none")
+    _require(cfg.backend.executor != "cohort", "privacy.secagg=true runs in Flower's ClientApp mod, which the cohort "
+             "executor does not run: set backend.executor=clientapp")
+    _require(cfg.faults.byzantine_site < 0, "faults.byzantine_site tests the server's screening of each reply, "
+             "which SecAgg+ hides: set privacy.secagg=false or faults.byzantine_site=-1")
+    sampled = max(int(cfg.fraction_train * cfg.num_clients), 1)
+    _require(sampled >= 3, f"privacy.secagg=true with {sampled} site(s) sampled per round (num_clients={cfg.num_clients}, "
+             f"fraction_train={cfg.fraction_train:g}) hides nothing: with two, each learns the other's update from the "
+             "sum. Sample at least 3 sites (raise num_clients or fraction_train)")
+    shares = sampled if p.secagg_shares == 1 else max(round(p.secagg_shares * sampled), 3)
+    threshold = max(round(p.secagg_threshold * shares), 2)  # Flower's SecAggPlusWorkflow rule
+    _require(threshold <= sampled,
+             f"privacy.secagg_threshold={p.secagg_threshold:g} asks {threshold} of {shares} shares, more than the "
+             f"{sampled} sites sampled: lower privacy.secagg_threshold")
 
 
 def check_fits_data(cfg: Config) -> None:

@@ -222,8 +222,9 @@ class PrivacyConfig:
                                "each sample's gradient", gt=0)
     clipping: str = opt("fixed", "central: fixed or adaptive clipping (Andrew et al. 2021: the norm tracks "
                         "a quantile of the updates' norms)", choices=("fixed", "adaptive"))
-    target_epsilon: float = opt(0.0, "dpsgd: the epsilon every site may spend over the whole run; sizes the "
-                                "noise multiplier (0: use noise_multiplier)", ge=0, hint="0: use noise_multiplier")
+    target_epsilon: float | None = opt(None, "dpsgd: the epsilon every site may spend over the whole run; "
+                                       "sizes the noise multiplier (null: use noise_multiplier)", gt=0,
+                                       hint="or null to use noise_multiplier")
     delta: float = opt(1e-5, "the delta of the (epsilon, delta) guarantee reported", gt=0, lt=1)
     secagg: bool = opt(False, "secure aggregation with Flower's SecAgg+: the server sees only the sum of the "
                        "sites' (quantised) updates")
@@ -350,6 +351,8 @@ def _value(kind: Any, value: Any, f: dataclasses.Field, dotted: str) -> Any:
 
 
 def _typed(kind: Any, value: Any, dotted: str) -> Any:
+    if kind == (float | None):
+        return None if value is None else _typed(float, value, dotted)
     if kind == (str | None):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
             raise ConfigError(f"{dotted} must be a string or null, got {value!r}")
@@ -369,6 +372,8 @@ def _typed(kind: Any, value: Any, dotted: str) -> Any:
 
 
 def _check_range(value: Any, meta: Any, dotted: str) -> None:
+    if value is None:  # an optional key left unset
+        return
     if meta.get("choices") and value not in meta["choices"]:
         raise unknown_name(dotted.replace(".", " ").replace("_", " "), value, list(meta["choices"]), key=dotted)
     low, top = _bounds(meta)

@@ -14,8 +14,9 @@ ICLR 2018; adaptive clipping: Andrew et al., NeurIPS 2021).
 Sound only where the released model is the mean itself (``Capabilities.plain_mean``: FedAvg,
 FedProx, MOON): a server optimiser or server state (FedAdam's moments, FedDyn's h, SCAFFOLD's c)
 would be computed from un-noised updates. The mean is uniform (each site weight 1, the sensitivity
-the noise is sized for), not example-weighted: the client half reports ``dp-weight`` = 1 and the
-strategy averages by it.
+the noise is sized for), not example-weighted: the server half sets each training reply's
+``num-examples`` to 1 before the strategy averages (the server, not a site, decides the weights;
+the screening has checked the claimed counts before).
 
 Accounting: each round is one Gaussian mechanism with noise multiplier z on the uniform mean, composed
 over the rounds without sampling amplification (the conservative choice Flower's own accounted mode
@@ -29,6 +30,8 @@ Written by hand: only the wiring (which wrapper, the uniform weight, the account
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.app.message_type import MessageType
@@ -41,10 +44,10 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from fedcls.algorithms.feature import ClientHalf, Extension, Feature
+from fedcls.algorithms.feature import Extension, Feature
 from fedcls.schema import Config
 
-WEIGHT_KEY = "dp-weight"  # each site's weight in the uniform mean the noise is sized for
+WEIGHT_KEY = "num-examples"  # the strategies' weight: 1 per site, the uniform mean the noise is sized for
 CENTRAL = ("central", "client_clipping")
 
 
@@ -93,8 +96,10 @@ class CentralPrivacyServer(Extension):
         np.random.seed(np.random.SeedSequence([self.cfg.seed, rnd, 0xD9]).generate_state(1)[0])  # Flower draws its noise from np.random
 
     def incoming(self, replies: list) -> list:
-        if any(not m.has_error() for m in replies):
-            self.released += 1
+        usable = [m for m in replies if not m.has_error()]
+        for reply in usable:
+            next(iter(reply.content.metric_records.values()))[WEIGHT_KEY] = 1
+        self.released += bool(usable)
         return replies
 
     def after_round(self, rnd: int, arrays) -> dict:
@@ -102,22 +107,13 @@ class CentralPrivacyServer(Extension):
 
     def spent(self) -> dict:
         p = self.cfg.privacy
-        return {"epsilon": epsilon_after(self.released, p.noise_multiplier, p.delta), "delta": p.delta,
+        eps = epsilon_after(self.released, p.noise_multiplier, p.delta)
+        return {"epsilon": eps if math.isfinite(eps) else None, "delta": p.delta,  # None: no noise, no guarantee
                 "rounds_released": self.released, "noise_multiplier": p.noise_multiplier}
 
     def summary(self) -> dict:
         return {"privacy": {"dp": self.cfg.privacy.dp, "clipping": self.cfg.privacy.clipping,
                             "clipping_norm": self.cfg.privacy.clipping_norm, **self.spent()}}
-
-
-class CentralPrivacyClient(ClientHalf):
-    """The site's half: weight 1 in the uniform mean (clipping itself is Flower's mod, `client_mod`)."""
-
-    def __init__(self, cfg: Config):
-        pass
-
-    def outgoing(self, job, weights: dict, metrics: dict) -> tuple[dict, dict]:
-        return weights, {**metrics, WEIGHT_KEY: 1.0}
 
 
 def client_mod(msg: Message, context: Context, call_next) -> Message:
@@ -130,5 +126,4 @@ def client_mod(msg: Message, context: Context, call_next) -> Message:
     return call_next(msg, context)
 
 
-FEATURE = Feature("central_dp", central, server=lambda cfg, data: CentralPrivacyServer(cfg),
-                  client=CentralPrivacyClient)
+FEATURE = Feature("central_dp", central, server=lambda cfg, data: CentralPrivacyServer(cfg))

@@ -79,8 +79,6 @@ def build_strategy(cfg: Config) -> Strategy:
         "evaluate_metrics_aggr_fn": aggregate_with_spread,
         "train_metrics_aggr_fn": aggregate_train_metrics,
     }
-    if privacy.central(cfg):
-        common["weighted_by_key"] = privacy.WEIGHT_KEY  # the uniform mean the DP noise is sized for
     strategy = strategies.get(cfg.strategy.name).build_server(dict(cfg.strategy.params), common, cfg)
     return privacy.wrap_strategy(strategy, cfg) if privacy.central(cfg) else strategy
 
