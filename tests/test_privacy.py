@@ -71,8 +71,8 @@ def test_the_server_half_counts_released_rounds_only(monkeypatch):
     cfg = compose([*DP, "privacy.noise_multiplier=1.0"])
     _, server = aggregate(cfg, [0.0], [[0.1]] * 4, sizes=[1] * 4)
     server.incoming([])  # a round in which no site answered releases nothing
-    row = server.after_round(2, None)["privacy"]
-    assert row["rounds_released"] == 1 and row["epsilon"] == pytest.approx(rdp_epsilon(1, 1.0, 1e-5))
+    row = server.after_round(2, server.sent)["privacy"]
+    assert row["update_norm"] == 0 and row["rounds_released"] == 1 and row["epsilon"] == pytest.approx(rdp_epsilon(1, 1.0, 1e-5))
     assert server.summary()["privacy"]["dp"] == "central"
 
 
@@ -136,3 +136,24 @@ def test_a_central_dp_federation_records_epsilon_per_round_and_noise_costs_accur
     assert quiet[-1]["privacy"]["epsilon"] is None  # no noise, no guarantee (JSON has no infinity)
     assert loud[-1]["loss"] > quiet[-1]["loss"]
     assert all(np.isfinite(r["loss"]) for r in plain + quiet)
+
+
+@pytest.mark.e2e
+def test_sites_clip_their_own_updates_with_flowers_mod_in_a_ray_simulation(cli, tmp_path):
+    """client_clipping, no noise, C = 0.01: the global model moves by the mean of clipped updates,
+    at most C, although the sites' unclipped mean update is over ten times longer."""
+    import json
+
+    small = ["scenario=dirichlet_0.5", "num_clients=3", "rounds=2", "local_epochs=1", "save_model=false",
+             "checkpoint_every=0", "tracking.tensorboard=false", "privacy.noise_multiplier=0"]
+    moved = {}
+    for dp, norm in (("client_clipping", 0.01), ("central", 1000.0)):
+        out = tmp_path / dp
+        result = cli(*small, f"output_dir={out}", f"privacy.dp={dp}", f"privacy.clipping_norm={norm}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        (run_dir,) = out.iterdir()
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        moved[dp] = [r["privacy"]["update_norm"] for r in rows]
+        assert json.loads((run_dir / "summary.json").read_text())["privacy"]["dp"] == dp
+    assert max(moved["client_clipping"]) <= 0.01 + 1e-6
+    assert moved["central"][0] > 0.1  # the same sites' mean update unclipped (at 1000): over 10 C

@@ -90,9 +90,10 @@ class CentralPrivacyServer(Extension):
     TRANSIENT = ("cfg",)  # rebuilt from the run's config on resume; `released` is checkpointed
 
     def __init__(self, cfg: Config):
-        self.cfg, self.released = cfg, 0
+        self.cfg, self.released, self.sent = cfg, 0, None
 
     def before_train(self, rnd: int, arrays, grid, config) -> None:
+        self.sent = arrays
         np.random.seed(np.random.SeedSequence([self.cfg.seed, rnd, 0xD9]).generate_state(1)[0])  # Flower draws its noise from np.random
 
     def incoming(self, replies: list) -> list:
@@ -103,7 +104,11 @@ class CentralPrivacyServer(Extension):
         return replies
 
     def after_round(self, rnd: int, arrays) -> dict:
-        return {"privacy": self.spent()}
+        """The privacy spent so far, and how far the noisy mean moved the model (the noise's share of
+        it: sqrt(params) * z * C / n)."""
+        moved = sum(float(np.sum((arrays[k].numpy().astype(np.float64) - self.sent[k].numpy()) ** 2))
+                    for k in self.sent.keys() if np.issubdtype(self.sent[k].numpy().dtype, np.floating))
+        return {"privacy": {**self.spent(), "update_norm": moved ** 0.5}}
 
     def spent(self) -> dict:
         p = self.cfg.privacy
