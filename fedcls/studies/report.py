@@ -272,9 +272,11 @@ def report(study: Path, target: float = 0.9) -> dict:
     plot_study(cells, strategies, scenarios, study / "plots", degradation)
     from fedcls.studies.continual_report import write_continual_tables
     from fedcls.studies.domain_report import write_target_tables
+    from fedcls.studies.privacy_report import write_privacy_tables
 
     write_continual_tables(study, run_dirs(study))
     write_target_tables(study, run_dirs(study))
+    write_privacy_tables(study, run_dirs(study))
     return cells
 
 
@@ -293,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     print((args.study / "table.md").read_text())
-    for extra in ("table_continual.md", "table_targets.md"):
+    for extra in ("table_continual.md", "table_targets.md", "table_privacy.md"):
         if (args.study / extra).exists():
             print((args.study / extra).read_text())
     if note := missing_baseline(cells):
