@@ -72,6 +72,12 @@ def headline(extras: dict) -> str:
                      f"{extras['forgetting']:.4f}, BWT {extras['bwt']:+.4f}")
     if extras.get("target_accuracy") is not None:  # fedcls.algorithms.domain_eval
         parts.append(f"held-out target sites {extras['targets']} accuracy {extras['target_accuracy']:.4f}")
+    if "privacy" in extras:  # fedcls.algorithms.privacy, .dpsgd
+        p = extras["privacy"]
+        spent = "no noise: no privacy guarantee" if p.get("epsilon") is None else \
+            f"(epsilon {p['epsilon']:.3g}, delta {p['delta']:g})"
+        name = {"central": "central DP", "client_clipping": "central DP, sites clip", "dpsgd": "DP-SGD"}
+        parts.append(f"{name.get(p.get('dp'), 'differential privacy')} {spent}")
     return "".join(f"; {p}" for p in parts)
 
 

@@ -105,6 +105,8 @@ def console_line(row: dict, rounds: int) -> str:
     if "accuracy_mean" in clients:
         parts.append(f"sites acc {clients['accuracy_mean']:.3f} "
                      f"[{clients['accuracy_min']:.3f}-{clients['accuracy_max']:.3f}]")
+    if (spent := row.get("privacy", {}).get("epsilon")) is not None:  # differential privacy spent so far
+        parts.append(f"eps {spent:.3g}")
     parts.append(f"{row['seconds']:.1f}s")
     if row["failures"]:
         parts.append(f"{len(row['failures'])} failed: {row['failures'][0][:120]}")
