@@ -7,7 +7,7 @@ Adding a feature: define its FEATURE (server and/or client half) in its own modu
 
 from __future__ import annotations
 
-from fedcls.algorithms import compression, coral, coral_align, domain_eval, privacy
+from fedcls.algorithms import compression, coral, coral_align, domain_eval, dpsgd, privacy
 from fedcls.algorithms.continual import feature as continual
 from fedcls.algorithms.feature import ClientHalf, Extension, Feature
 from fedcls.apps import faults
@@ -15,7 +15,7 @@ from fedcls.data.federated import FederatedData
 from fedcls.schema import Config
 
 FEATURES: tuple[Feature, ...] = (continual.FEATURE, domain_eval.FEATURE, coral.FEATURE, coral_align.FEATURE,
-                                 faults.FEATURE, privacy.FEATURE, compression.FEATURE)  # compression last: it encodes what goes out
+                                 faults.FEATURE, privacy.FEATURE, dpsgd.FEATURE, compression.FEATURE)  # compression last: it encodes what goes out
 
 
 def enabled_features(cfg: Config) -> list[Feature]:
