@@ -76,6 +76,14 @@ def check_privacy(cfg: Config) -> None:
                  "un-noised updates): use strategy=fedavg, fedprox or moon, or privacy.dp=dpsgd")
         _require(cfg.continual.kind == "none", f"privacy.dp={p.dp} with continual learning: a site with no data in "
                  "an experience sends a zero update, which Flower 1.42's clipping divides by; set continual.kind=none")
+        sampled = max(int(cfg.fraction_train * cfg.num_clients), 1)
+        _require(p.clipping == "fixed" or p.dp == "central", "privacy.clipping=adaptive is server-side "
+                 "(Flower has no adaptive clipping mod for this wrapper here): use privacy.dp=central")
+        _require(p.clipping == "fixed" or p.noise_multiplier < sampled / 10,
+                 f"privacy.clipping=adaptive spends part of the noise on the clipped-count estimate (std "
+                 f"sampled sites / 20 = {sampled / 20:g}, Andrew et al. 2021), so noise_multiplier must stay below "
+                 f"{sampled / 10:g} with {sampled} sites sampled per round: lower privacy.noise_multiplier, sample "
+                 "more sites, or use privacy.clipping=fixed")
     if p.dp == "client_clipping":
         _require(cfg.compression.kind == "none", "privacy.dp=client_clipping clips the weights a site sends, "
                  "which compression has already encoded: set compression.kind=none (or privacy.dp=central)")

@@ -107,6 +107,7 @@ def test_the_client_mod_clips_a_site_update_with_flowers_mod_and_leaves_other_me
     (["privacy.secagg=true", "strategy=scaffold"], "use fedavg, fedprox"),
     (["privacy.secagg=true", "privacy.dp=central"], "privacy.dp=dpsgd"),
     (["privacy.secagg=true", "backend.executor=cohort"], "set backend.executor=clientapp"),
+    (["privacy.dp=central", "privacy.clipping=adaptive", "privacy.noise_multiplier=1.0"], "below 1 with 10 sites"),
     (["privacy.noise_multiplier=-1"], ">= 0"),
     (["privacy.target_epsilon=0"], "> 0"),
     (["privacy.target_epsilon=-2"], "> 0"),
@@ -157,3 +158,17 @@ def test_sites_clip_their_own_updates_with_flowers_mod_in_a_ray_simulation(cli, 
         assert json.loads((run_dir / "summary.json").read_text())["privacy"]["dp"] == dp
     assert max(moved["client_clipping"]) <= 0.01 + 1e-6
     assert moved["central"][0] > 0.1  # the same sites' mean update unclipped (at 1000): over 10 C
+
+
+def test_adaptive_clipping_runs_and_the_console_shows_epsilon(tmp_path, monkeypatch):
+    from fedcls.engine.runner import headline
+    from fedcls.outputs.results import console_line
+    from test_compression import federate
+
+    identity(monkeypatch)
+    rows = federate(tmp_path, "privacy.dp=central", "privacy.clipping=adaptive", "privacy.noise_multiplier=0.1",
+                    "num_clients=3", "rounds=2")
+    assert [r["privacy"]["epsilon"] for r in rows] == pytest.approx([rdp_epsilon(k, 0.1, 1e-5) for k in (1, 2)])
+    assert f"eps {rows[-1]['privacy']['epsilon']:.3g}" in console_line(rows[-1], 2)
+    assert "central DP (epsilon 16.5, delta 1e-05)" in headline({"privacy": {"dp": "central", "epsilon": 16.5,
+                                                                             "delta": 1e-5}})
