@@ -93,6 +93,9 @@ def check_privacy(cfg: Config) -> None:
         _require(not has_batchnorm(cfg.model), f"privacy.dp=dpsgd needs per-sample gradients, which Opacus cannot "
                  f"compute through BatchNorm (model={cfg.model.name}, model.norm={cfg.model.norm}): use "
                  "model=simple_cnn, or model.norm=group for resnet18")
+        _require(cfg.model.name != "vit_tiny", "privacy.dp=dpsgd needs per-sample gradients, which Opacus cannot "
+                 "compute for model=vit_tiny (torch's MultiheadAttention and its class/position parameters): use "
+                 "model=simple_cnn, mlp, or resnet18 with model.norm=group")
         _require(strategies.get(name).client_hooks is strategies.get("fedavg").client_hooks,
                  f"privacy.dp=dpsgd trains with Opacus's own SGD, without strategy={name}'s local terms: use a "
                  "strategy without a client half (fedavg, fedavgm, fedadam, fedyogi, fedadagrad)")

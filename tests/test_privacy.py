@@ -103,6 +103,7 @@ def test_the_client_mod_clips_a_site_update_with_flowers_mod_and_leaves_other_me
     (["privacy.dp=client_clipping", "backend.executor=cohort"], "set backend.executor=clientapp"),
     (["privacy.dp=dpsgd", "model=simple_cnn_bn"], "model.norm=group"),
     (["privacy.dp=dpsgd", "strategy=scaffold"], "a strategy without a client half"),
+    (["privacy.dp=dpsgd", "model=vit_tiny"], "model=vit_tiny"),
     (["privacy.secagg=true", "num_clients=2"], "at least 3 sites"),
     (["privacy.secagg=true", "strategy=scaffold"], "use fedavg, fedprox"),
     (["privacy.secagg=true", "privacy.dp=central"], "privacy.dp=dpsgd"),

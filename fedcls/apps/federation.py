@@ -38,7 +38,8 @@ from fedcls.outputs.results import Recorder
 from fedcls.schema import Config
 
 QUERY_TIMEOUT_S = 600.0
-PER_CLIENT = ("site", "participations", "experience")  # train metrics that make no sense averaged
+PER_CLIENT = ("site", "participations", "experience",  # train metrics that make no sense averaged
+              "dp-epsilon", "dp-noise-multiplier", "dp-steps")  # DP-SGD's per site: the row's `privacy` has them
 COUNTS = ("num-steps",)  # train metrics that count: the round's total (an integer), not a weighted mean
 
 
