@@ -51,6 +51,15 @@ def test_the_privacy_table_averages_accuracy_epsilon_and_megabytes_over_seeds(st
                                                             "communication.png", "communication.pdf"}
 
 
+def test_runs_from_before_the_privacy_section_count_as_its_defaults(study):
+    old = study / "runs" / "plain-0" / "config.yaml"
+    cfg = yaml.safe_load(old.read_text())
+    del cfg["privacy"]  # a run from a fedcls without the section: it ran without DP
+    old.write_text(yaml.safe_dump(cfg))
+    report(study, target=0.8)  # the old run is a seed of the plain setting, not a setting of its own
+    assert "| none | 2 | 88.0 ± 2.8 | no guarantee | 40.0 | 20.0 |" in (study / "table_privacy.md").read_text()
+
+
 def test_a_study_without_privacy_or_compression_settings_gets_no_privacy_table(tmp_path):
     for seed in (0, 1):
         fake_run(tmp_path, (), seed, 0.9, None, 1e6, 1e6)

@@ -45,6 +45,8 @@ def _mean_std(values: list[float], pattern: str = "{:.1f}", scale: float = 1.0) 
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return "–"
+    if len(set(values)) == 1 and len(values) > 1 and pattern != "{:.1f}":  # the same epsilon for every seed
+        return pattern.format(scale * values[0])
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{pattern.format(scale * statistics.fmean(values))} ± {pattern.format(scale * std)}"
 

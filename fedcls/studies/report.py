@@ -117,7 +117,7 @@ def setting_labels(cfgs: list[dict], strategy_label):
     """cfg -> " (key=value, ...)": the settings besides the strategy's that differ among the seeds of
     one strategy and scenario (a study of continual methods: continual.method=ewc), so that such runs
     get rows of their own instead of being pooled as more seeds; "" when none differ."""
-    from fedcls.studies.tables import flat, varied_keys
+    from fedcls.studies.tables import flat_with_defaults, varied_keys
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for cfg in cfgs:
@@ -126,7 +126,7 @@ def setting_labels(cfgs: list[dict], strategy_label):
               for group, members in groups.items()}
 
     def label(cfg: dict) -> str:
-        keys, values = varied[(strategy_label(cfg), scenario_of(cfg))], flat(cfg)
+        keys, values = varied[(strategy_label(cfg), scenario_of(cfg))], flat_with_defaults(cfg)
         return f" ({', '.join(f'{k}={values[k]}' for k in keys)})" if keys else ""
     return label
 

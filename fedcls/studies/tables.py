@@ -33,9 +33,16 @@ def flat(cfg: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def flat_with_defaults(cfg: dict) -> dict[str, str]:
+    """flat(cfg), with the keys a run from an older fedcls lacks at today's defaults (what it ran with)."""
+    from fedcls.schema import Config
+
+    return {**flat(Config.from_dict({}).to_dict()), **flat(cfg)}
+
+
 def varied_keys(cfgs: list[dict], named: tuple[str, ...]) -> list[str]:
     """Settings that differ between runs, besides seed, scenario and the keys a label names."""
-    flats = [flat(c) for c in cfgs]
+    flats = [flat_with_defaults(c) for c in cfgs]
     keys = dict.fromkeys(k for f in flats for k in f)
     return [k for k in keys if k not in ALWAYS_IGNORED + named and len({f.get(k) for f in flats}) > 1]
 
@@ -48,7 +55,7 @@ def cells_of(runs, name: Callable[[dict], str], named: tuple[str, ...],
     varied = {s: varied_keys([cfg for cfg, _ in runs if str(cfg["scenario"]) == s], named) for s in scenarios}
     cells: dict[tuple[str, str], dict[str, list[float]]] = {}
     for cfg, summary in runs:
-        f = flat(cfg)
+        f = flat_with_defaults(cfg)
         extra = ", ".join(f"{k}={f.get(k)}" for k in varied[str(cfg["scenario"])])
         cell = cells.setdefault((str(cfg["scenario"]), name(cfg) + (f" ({extra})" if extra else "")), {})
         for key, value in values(summary).items():
