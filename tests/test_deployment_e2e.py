@@ -167,9 +167,10 @@ def test_insecure_and_tls_deployments_of_three_sites(tmp_path, monkeypatch):
     runs in turn: an honest one whose numbers must equal the simulation's; one where site 2 is
     Byzantine, sending issue 16's six attacks one per round across the SuperLink, which the server
     refuses naming site 2 every round while FedAvg keeps the accuracy of the federation without site
-    2; and one that fails (it needs
-    all three sites) and makes `fedcls.submit` exit 1. The other has TLS and SuperNode
-    authentication, and a fourth, unregistered SuperNode that is refused."""
+    2; one that fails (it needs
+    all three sites) and makes `fedcls.submit` exit 1; and one with secure aggregation (Flower's
+    SecAgg+ across the SuperLink) where site 0 crashes inside the protocol in round 2. The other has
+    TLS and SuperNode authentication, and a fourth, unregistered SuperNode that is refused."""
     from concurrent.futures import ThreadPoolExecutor
 
     from fedcls.deploy.certs import main as make_certs
@@ -181,10 +182,11 @@ def test_insecure_and_tls_deployments_of_three_sites(tmp_path, monkeypatch):
     honest = f"scenario=iid {OVERRIDES}"
     attacked = f"{honest} rounds=6 faults.byzantine_site=2 faults.min_train_nodes=2"
     failing = f"{honest} rounds=1 faults.byzantine_site=2 faults.min_train_nodes=3"
+    secagg = f"{honest} privacy.secagg=true faults.crash_prob=0.1"  # seed 0: site 0 crashes in round 2 only
     with ThreadPoolExecutor(2) as pool:
-        insecure = pool.submit(deploy, plain, [honest, attacked, failing])
+        insecure = pool.submit(deploy, plain, [honest, attacked, failing, secagg])
         tls = pool.submit(deploy, secure, [f"scenario=dirichlet_0.5 {OVERRIDES}"], certs, True, "tensor")
-        (honest_run, ok), (attacked_run, attacked_ok), (failed_run, failed) = insecure.result()
+        (honest_run, ok), (attacked_run, attacked_ok), (failed_run, failed), (secagg_run, secagg_ok) = insecure.result()
         [(tls_run, tls_ok)] = tls.result()
 
     rows = check_run(honest_run)
@@ -199,6 +201,7 @@ def test_insecure_and_tls_deployments_of_three_sites(tmp_path, monkeypatch):
     check_attacked(attacked_run, attacked_ok, without_site_2)
     assert failed.returncode == 1 and "finished:failed" in failed.stdout, failed.stdout[-2000:]
     assert _status(failed_run) == "failed"
+    check_secagg(secagg_run, secagg_ok, secagg, rows)
 
     check_run(tls_run)  # exactly sites 0, 1, 2 trained: the unregistered fourth node never joined
     assert tls_ok.returncode == 0
@@ -219,3 +222,25 @@ def check_attacked(run: Path, submitted: subprocess.CompletedProcess, without_ro
         assert any(f.startswith("site 2 rejected: ") and reason in f for f in row["failures"]), (attack, row["failures"])
     assert abs(rows[-1]["accuracy"] - without_rows[-1]["accuracy"]) <= 0.02
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def check_secagg(run: Path, submitted: subprocess.CompletedProcess, overrides: str, honest_rows: list[dict]) -> None:
+    """SecAgg+ over the SuperLink: round 1 is the honest run's within the quantisation (the same
+    seed, data and training; only the mean is computed under masks); in round 2 site 0 drops out
+    mid-protocol (its injected crash, in its training), the other two's masks are removed, the run
+    completes and names the site."""
+    from fedcls.apps.faults import fault_of
+    from fedcls.config import compose
+
+    cfg = compose(overrides.split())
+    assert [[s for s in range(3) if fault_of(cfg, r, s) == "crash"] for r in (1, 2)] == [[], [0]]
+    rows = rows_of(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert submitted.returncode == 0 and summary["status"] == "completed", submitted.stdout[-2000:]
+    assert len(rows) == 2 and summary["final_accuracy"] > 0.5
+    assert rows[0]["failures"] == [] and sorted(s for s, _ in rows[0]["trained"]) == [0, 1, 2]
+    assert rows[0]["loss"] == pytest.approx(honest_rows[0]["loss"], rel=1e-3)
+    assert rows[0]["bytes"]["from_sites"] > honest_rows[0]["bytes"]["from_sites"]  # the protocol's four exchanges
+    assert rows[1]["faults"]["secagg_dropped"] == [0] and rows[1]["faults"]["crashed"] == [0]
+    assert sorted(s for s, _ in rows[1]["trained"]) == [1, 2]
+    assert len(rows[1]["failures"]) == 1 and "injected crash" in rows[1]["failures"][0]

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 import strategies
-from fedcls.algorithms import privacy
+from fedcls.algorithms import privacy, secagg
 from fedcls.algorithms.feature import ClientHalf, SiteRound
 from fedcls.algorithms.training import TrainParams, evaluate, local_update
 from fedcls.apps import client_state
@@ -28,7 +28,7 @@ from fedcls.schema import Config
 
 SITE_KEY, EXAMPLES_KEY = "site-id", "train-examples"  # a node's answer to the server's roll call
 
-app = ClientApp(mods=[privacy.client_mod])  # Flower's mods: DP clipping at the site
+app = ClientApp(mods=[secagg.client_mod, privacy.client_mod])  # Flower's mods: SecAgg+, DP clipping at the site
 
 
 def site_id(context: Context) -> int:

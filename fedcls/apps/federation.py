@@ -20,14 +20,14 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 import strategies
-from fedcls.algorithms import privacy
+from fedcls.algorithms import privacy, secagg
 from fedcls.algorithms.models import build_model
 from fedcls.algorithms.training import evaluate
 from fedcls.apps import faults
 from fedcls.apps.client_app import EXAMPLES_KEY, SITE_KEY
 from fedcls.apps.features import extensions_for
 from fedcls.apps.payload import CONFIG_KEY, Payload
-from fedcls.apps.screening import ReplyScreen
+from fedcls.apps.screening import ReplyScreen, Screened
 from fedcls.apps.traffic import Traffic
 from fedcls.data.federated import FederatedData
 from fedcls.data.site_folders import federation_info
@@ -299,14 +299,24 @@ def _round(grid: SiteOrderedGrid, cfg: Config, rnd: int, arrays: ArrayRecord, st
         dropped += withheld
     train_started = time.perf_counter()
     recorder.progress.stage(rnd, "training", len(messages))
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    for ext in extensions:
-        replies = ext.arrived(rnd, replies, grid.site_of_node, train_started)
+    secure = None
+    if cfg.privacy.secagg:  # Flower's SecAgg+ (fedcls.algorithms.secagg): the server sees only the sites'
+        # weighted mean (one reply per site carrying it), so no site's weights can be screened
+        secure = secagg.train(grid, rnd, messages, arrays, strategy, cfg.privacy, screen.max_examples, timeout)
+        replies = secure.replies
+    else:
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        for ext in extensions:
+            replies = ext.arrived(rnd, replies, grid.site_of_node, train_started)
     train_seconds = time.perf_counter() - train_started
-    screened = screen.screen(messages, replies, grid.site_of_node, arrays)
+    screened = (Screened(replies, secure.failed) if secure is not None
+                else screen.screen(messages, replies, grid.site_of_node, arrays))
     replies, failed = screened.usable, {"dropped": sorted(dropped), **screened.failed}
     recorder.client_errors(rnd, _failure_details(replies, grid.site_of_node, "train")
                            + [(site, "train", f"rejected: {why}") for site, why in screened.rejected])
+    if secure is not None and secure.halted:
+        raise faults.TooFewReplies(f"round {rnd}: {secure.halted}; the run stops here and resumes from its "
+                                   f"last checkpoint with resume=<run folder>.")
     for ext in extensions:
         replies = ext.incoming(replies)
     usable = sum(not m.has_error() for m in replies)
