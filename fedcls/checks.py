@@ -122,11 +122,15 @@ def check_secagg(cfg: Config, weighted_mean: bool) -> None:
     _require(sampled >= 3, f"privacy.secagg=true with {sampled} site(s) sampled per round (num_clients={cfg.num_clients}, "
              f"fraction_train={cfg.fraction_train:g}) hides nothing: with two, each learns the other's update from the "
              "sum. Sample at least 3 sites (raise num_clients or fraction_train)")
-    shares = sampled if p.secagg_shares == 1 else max(round(p.secagg_shares * sampled), 3)
-    threshold = max(round(p.secagg_threshold * shares), 2)  # Flower's SecAggPlusWorkflow rule
-    _require(threshold <= sampled,
-             f"privacy.secagg_threshold={p.secagg_threshold:g} asks {threshold} of {shares} shares, more than the "
-             f"{sampled} sites sampled: lower privacy.secagg_threshold")
+    _require(sampled * p.secagg_quantization_range < 2 ** 32,
+             f"privacy.secagg=true with {sampled} sites and privacy.secagg_quantization_range="
+             f"{p.secagg_quantization_range}: the masked sum overflows Flower's 2^32 modulus; lower the quantization "
+             "range or sample fewer sites")
+    _require(cfg.faults.straggler_prob == 0, "faults.straggler_prob delays each site's reply at the server, which "
+             "SecAgg+'s four exchanges bypass: set faults.straggler_prob=0 (faults.round_timeout still applies)")
+    _require(cfg.continual.kind == "none" and not cfg.coral.enabled,
+             "privacy.secagg=true sums only the weights, but continual learning (EWC's importances) and CORAL send "
+             "or rewrite per-site records: set continual.kind=none and coral.enabled=false, or privacy.secagg=false")
 
 
 def check_fits_data(cfg: Config) -> None:
