@@ -10,7 +10,7 @@ PYTHON=${PYTHON:-python3}
 stamp=".venv/.fedcls-installed-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   start=$(date +%s)
-  echo "setup: installing fedcls into .venv with flwr, torch, torchvision, ray, avalanche-lib, numpy," \
+  echo "setup: installing fedcls into .venv with flwr, torch, torchvision, ray, avalanche-lib, opacus, numpy," \
        "matplotlib, hydra-core, pytest and ruff (pip; the first time takes a few minutes)" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e ".[dev]"
