@@ -45,8 +45,8 @@ def _mean_std(values: list[float], pattern: str = "{:.1f}", scale: float = 1.0) 
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return "–"
-    if len(set(values)) == 1 and len(values) > 1 and pattern != "{:.1f}":  # the same epsilon for every seed
-        return pattern.format(scale * values[0])
+    if pattern != "{:.1f}" and max(values) - min(values) <= 0.01 * abs(max(values)):  # epsilon: the same
+        return pattern.format(scale * statistics.fmean(values))  # for every seed, up to its search's tolerance
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{pattern.format(scale * statistics.fmean(values))} ± {pattern.format(scale * std)}"
 
@@ -102,7 +102,8 @@ def plot_privacy(groups: dict, path: Path) -> None:
         for i, (kind, points) in enumerate(sorted(kinds.items())):
             points.sort()
             x, y, err = zip(*points)
-            ax.errorbar(x, y, yerr=err, capsize=3, label=kind, color=f"C{i}", **line_style(i, len(x)))
+            level = " (a site's samples)" if kind.startswith("DP-SGD") else " (a site's whole data)"
+            ax.errorbar(x, y, yerr=err, capsize=3, label=kind + level, color=f"C{i}", **line_style(i, len(x)))
         if baseline is not None:
             ax.axhline(baseline, color="0.4", linestyle="--", linewidth=1, label="no DP")
         ax.set(xscale="log", xlabel="epsilon spent over the run (log scale)", ylabel="final global accuracy",
