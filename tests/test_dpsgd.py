@@ -200,3 +200,24 @@ def test_dpsgd_on_ray_from_the_cli(cli, tmp_path):
     assert set(rows[1]["privacy"]["sites"]) == {"0", "1"}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["privacy"]["dp"] == "dpsgd" and summary["privacy"]["epsilon"] == rows[1]["privacy"]["epsilon"]
+
+
+def test_sites_that_add_no_noise_train_and_report_no_guarantee(tmp_path, monkeypatch):
+    """z = 0 (clipping only): the replies pass the screening (a metric must be finite: the site sends
+    dp-epsilon -1) and the rows say there is no guarantee (epsilon None, valid JSON)."""
+    from fedcls.apps.cohort.worker import CohortWorker
+    from fedcls.apps.federation import run_federation
+    from fedcls.data.federated import federated_data
+    from fedcls.engine.cohort_grid import CohortGrid
+    from fedcls.outputs.results import Recorder
+
+    identity(monkeypatch)
+    cfg = compose(["dataset=synthetic", "data.synthetic.num_samples=300", "num_clients=3", "model=mlp",
+                   "local_epochs=1", "rounds=2", "batch_size=16", "save_model=false", "tracking.tensorboard=false",
+                   "checkpoint_every=0", *DP, "privacy.noise_multiplier=0"])
+    recorder = Recorder(tmp_path / "run", cfg, echo=lambda line: None)
+    run_federation(CohortGrid(cfg.num_clients, [CohortWorker()], echo=lambda line: None), cfg, federated_data(cfg),
+                   recorder)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["failures"] for r in rows] == [[], []]
+    assert rows[-1]["privacy"]["epsilon"] is None and set(rows[-1]["privacy"]["sites"].values()) == {None}

@@ -40,6 +40,7 @@ from fedcls.schema import Config
 
 STATE = "dpsgd"  # the site's accountant history: {"history": rows of (z, q, steps)}
 EPSILON, NOISE, STEPS = "dp-epsilon", "dp-noise-multiplier", "dp-steps"  # reply metrics
+NO_GUARANTEE = -1.0  # the dp-epsilon of a site that added no noise (infinite; a metric must be finite)
 
 
 def epoch_steps(n: int, batch_size: int) -> int:
@@ -155,7 +156,8 @@ class DpSgdClient(ClientHalf):
             result, history = private_update(model, data, params, z, p.clipping_norm, history_from(state))
             job.feature_state.update(history_state(history))
             result.state = state  # the strategy's and the other features' state, kept as it was
-            result.metrics.update({EPSILON: epsilon_of(history, p.delta), NOISE: z,
+            spent = epsilon_of(history, p.delta)
+            result.metrics.update({EPSILON: spent if math.isfinite(spent) else NO_GUARANTEE, NOISE: z,
                                    STEPS: sum(s for _, _, s in history)})
             return result
         return update
@@ -183,9 +185,9 @@ class DpSgdServer(Extension):
 
     def spent(self) -> dict:
         p = self.cfg.privacy
-        eps = max(self.epsilons.values(), default=0.0)
-        return {"epsilon": eps if math.isfinite(eps) else None, "delta": p.delta,  # None: no noise, no guarantee
-                "sites": dict(sorted(self.epsilons.items())),
+        sites = {s: (e if e >= 0 else None) for s, e in sorted(self.epsilons.items())}  # None: no noise, no guarantee
+        eps = None if None in sites.values() else max(sites.values(), default=0.0)
+        return {"epsilon": eps, "delta": p.delta, "sites": sites,
                 "noise_multiplier": min(self.noise.values(), default=p.noise_multiplier)}  # the least noise added
 
     def after_round(self, rnd: int, arrays) -> dict:
