@@ -67,6 +67,7 @@ def check_privacy(cfg: Config) -> None:
     """Differential privacy and SecAgg+ where they are sound (fedcls.algorithms.privacy, .dpsgd, .secagg)."""
     import strategies
     from fedcls.algorithms.models import has_batchnorm
+    from fedcls.algorithms.privacy import sampled_sites
 
     p, name = cfg.privacy, cfg.strategy.name
     caps = strategies.capabilities(name)
@@ -76,7 +77,7 @@ def check_privacy(cfg: Config) -> None:
                  "un-noised updates): use strategy=fedavg, fedprox or moon, or privacy.dp=dpsgd")
         _require(cfg.continual.kind == "none", f"privacy.dp={p.dp} with continual learning: a site with no data in "
                  "an experience sends a zero update, which Flower 1.42's clipping divides by; set continual.kind=none")
-        sampled = max(int(cfg.fraction_train * cfg.num_clients), 1)
+        sampled = sampled_sites(cfg)
         _require(p.clipping == "fixed" or p.dp == "central", "privacy.clipping=adaptive is server-side "
                  "(Flower has no adaptive clipping mod for this wrapper here): use privacy.dp=central")
         _require(p.clipping == "fixed" or p.noise_multiplier < sampled / 10,
@@ -118,7 +119,9 @@ def check_secagg(cfg: Config, weighted_mean: bool) -> None:
              "executor does not run: set backend.executor=clientapp")
     _require(cfg.faults.byzantine_site < 0, "faults.byzantine_site tests the server's screening of each reply, "
              "which SecAgg+ hides: set privacy.secagg=false or faults.byzantine_site=-1")
-    sampled = max(int(cfg.fraction_train * cfg.num_clients), 1)
+    from fedcls.algorithms.privacy import sampled_sites
+
+    sampled = sampled_sites(cfg)
     _require(sampled >= 3, f"privacy.secagg=true with {sampled} site(s) sampled per round (num_clients={cfg.num_clients}, "
              f"fraction_train={cfg.fraction_train:g}) hides nothing: with two, each learns the other's update from the "
              "sum. Sample at least 3 sites (raise num_clients or fraction_train)")
