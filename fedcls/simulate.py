@@ -39,9 +39,21 @@ def _main(args: list[str]) -> int:
     if show_cfg:
         print(to_yaml(cfg), end="")
         return 0
-    from fedcls.engine.runner import run
+    return _run_now(cfg)
 
-    return run(cfg)
+
+def _run_now(cfg, resume_dir=None) -> int:
+    """Ray and the sites' actors start in the background while the rest of fedcls (PyTorch) is
+    imported and the data built (fedcls.engine.early_ray)."""
+    from fedcls.engine import early_ray
+
+    early_ray.begin(cfg)
+    try:
+        from fedcls.engine.runner import run
+
+        return run(cfg, resume_dir=resume_dir)
+    finally:
+        early_ray.finish()
 
 
 def _resume(folder: str, others: list[str]) -> int:
@@ -49,12 +61,11 @@ def _resume(folder: str, others: list[str]) -> int:
     from pathlib import Path
 
     from fedcls.config import run_config
-    from fedcls.engine.runner import run
 
     if others:
         raise UserError(f"resume=<run folder> takes the run's own config; drop {others[0]}")
     run_dir = Path(folder).expanduser()
-    return run(run_config(run_dir, f"resume={folder}"), resume_dir=run_dir)
+    return _run_now(run_config(run_dir, f"resume={folder}"), resume_dir=run_dir)
 
 
 if __name__ == "__main__":

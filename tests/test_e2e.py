@@ -41,15 +41,28 @@ def test_simulation_writes_every_file_and_learns(cli, tmp_path):
     assert "round   2/2" in result.stdout and "Traceback" not in result.stderr
 
 
-def test_same_seed_gives_identical_rounds_and_fedprox_mu0_is_fedavg(cli, tmp_path):
-    """Two runs, same seed, with client sampling: FedAvg, and FedProx with mu=0. Identical
-    rounds show both that a run is reproducible and that FedProx(mu=0) computes FedAvg's numbers."""
+def test_same_seed_gives_identical_rounds_alone_and_on_a_sweeps_reused_actors(cli, tmp_path):
+    """A single FedAvg run, then one sweep of FedProx with mu=0 twice: its first run on the actors
+    it started, its second on the actors the first one left warm (fedcls.engine.actor_reserve).
+    Identical rounds show that a run is reproducible, that a sweep and its reused actors change no
+    number, and that FedProx(mu=0) computes FedAvg's."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
     args = ["scenario=label_2", "num_clients=4", "fraction_train=0.5", "seed=3"]
-    runs = [run(cli, tmp_path / "fedavg", *args)[2],
-            run(cli, tmp_path / "fedprox", *args, "strategy=fedprox", "strategy.proximal_mu=0")[2]]
+    single = run(cli, tmp_path / "single", *args)[2]
+    result = subprocess.run([sys.executable, "-m", "fedcls.sweep", f"output_dir={tmp_path / 'sweep'}", *SMALL, *args,
+                             "strategy=fedprox", "strategy.proximal_mu=0,0.0"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    swept = [[json.loads(line) for line in (tmp_path / "sweep" / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+             for name in ("strategy.proximal_mu-0", "strategy.proximal_mu-0.0")]
     keys = ("accuracy", "loss", "train", "clients")
-    assert [[r[k] for k in keys] for r in runs[0]] == [[r[k] for k in keys] for r in runs[1]]
-    assert all(r["sampled"] == 2 for r in runs[0])
+    for rows in swept:
+        assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in single]
+    assert all(r["sampled"] == 2 for r in single)
 
 
 # Strategies with a client half of their own; the other Flower strategies differ only in server

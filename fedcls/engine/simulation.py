@@ -10,14 +10,12 @@ Flower and Ray shut down as after a completed run, and then the runner reports t
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
-import sys
 import threading
 
 from fedcls.data.federated import FederatedData
+from fedcls.engine import actor_reserve, early_ray
 from fedcls.engine.flower_patches import RayWithoutShutdown, replace_dead_actors
-from fedcls.engine.lifecycle import ServerStopped, StoppableGrid, ray_dies_with_driver
+from fedcls.engine.lifecycle import ServerStopped, StoppableGrid, ray_dies_with_driver, ray_started
 from fedcls.engine.logs import quiet_logs, quiet_warnings
 from fedcls.errors import STOP
 from fedcls.outputs.results import Recorder
@@ -29,10 +27,8 @@ STOP_WAIT_S = 10.0  # how long a stopped run waits for its ServerApp thread to e
 def backend_config(cfg: Config) -> dict:
     """Ray backend settings: client resources, and the cluster to attach to if any."""
     backend = cfg.backend
-    init_args: dict = {"logging_level": logging.INFO if cfg.verbose else logging.WARNING,
-                       "log_to_driver": bool(cfg.verbose)}
-    if backend.ray_address:
-        init_args["address"] = backend.ray_address
+    init_args = early_ray.init_kwargs(backend.ray_address, bool(cfg.verbose))
+    del init_args["runtime_env"]  # Flower's backend sets it, as early_ray.init_kwargs does
     return {"client_resources": {"num_cpus": backend.num_cpus, "num_gpus": backend.num_gpus},
             "init_args": init_args}
 
@@ -45,6 +41,7 @@ def simulate(cfg: Config, data: FederatedData, recorder: Recorder, resume: dict 
         if cfg.backend.executor == "cohort":
             from fedcls.engine.cohort_grid import run_cohorts
 
+            actor_reserve.release()  # a sweep's warm client actors hold the CPUs the cohorts need
             run_cohorts(cfg, data, recorder, resume, STOP)
         else:
             _flower_simulation(cfg, data, recorder, resume, STOP)
@@ -56,6 +53,8 @@ def _flower_simulation(cfg: Config, data: FederatedData, recorder: Recorder, res
                        stop: threading.Event) -> None:
     quiet_logs(cfg.verbose)
     replace_dead_actors()
+    if early_ray.wait():  # started by fedcls.simulate while this process imported and built data
+        recorder.progress.phase("ray", f"{ray_started(cfg.backend.ray_address)}; the sites' actors are warming up")
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
@@ -95,26 +94,29 @@ def serve(grid, cfg: Config, data: FederatedData, recorder: Recorder, resume: di
 
 
 @contextlib.contextmanager
-def shared_ray(address: str | None = None, verbose: bool = False):
-    """One Ray instance for several simulations in this process (a sweep).
+def shared_ray(address: str | None = None, verbose: bool = False, resources: dict | None = None):
+    """One Ray instance, and one set of client actors, for several simulations in this process (a
+    sweep).
 
     Flower's Ray backend starts Ray when it is not running and calls ray.shutdown() after every
     simulation; here Ray is started once and that one call is made a no-op for the duration.
-    Client actors are still created per simulation (Flower terminates its actor pool).
+    Client actors (for `resources`, the runs' backend.num_cpus/num_gpus) are started at once and
+    pass from each run's pool to the next (fedcls.engine.actor_reserve).
     """
     quiet_logs(verbose)
     import ray
     from flwr.server.superlink.fleet.vce.backend import raybackend
 
-    pythonpath = os.pathsep.join(sys.path)  # as Flower's backend does, so actors import fedcls
     ray_dies_with_driver(address)
     with quiet_warnings(verbose):
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
-                 logging_level=logging.INFO if verbose else logging.WARNING,
-                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+        ray.init(**early_ray.init_kwargs(address, verbose))
     raybackend.ray = RayWithoutShutdown(ray)
     try:
-        yield
+        with actor_reserve.keeping():
+            if resources:
+                with contextlib.suppress(ValueError):  # no actor fits: each run's pool says so
+                    actor_reserve.warm(resources)
+            yield
     finally:
         raybackend.ray = ray
         ray.shutdown()

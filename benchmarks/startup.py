@@ -1,0 +1,95 @@
+"""Where a run's start-up goes: from the command to round 1 begun, phase by phase, cold (Ray
+started by the run) and attached (``backend.ray_address=auto`` to a Ray started beforehand).
+
+Each start is a real ``python -m fedcls.simulate`` of the default scenario (1 round); every line of
+its console is stamped with the seconds since the command was launched, and the phases are read off
+those stamps (the run's own phase lines: header = Python and fedcls imported and the config
+composed; data; ray = Ray up; flower = the ServerApp running; sites = every site answered the roll
+call, i.e. round 1 begins). Also printed: what the client actors import, timed in a fresh Python.
+
+    python benchmarks/startup.py [--repeat 3] [key=value ...]
+
+The attached start runs ``ray start --head`` itself first (and ``ray stop`` after), as a user would
+(README, "A long-lived Ray"): its own start-up is not counted, as it is paid once per session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+PHASES = [("header", "fedcls:"), ("data", "  data"), ("ray", "  ray"), ("flower", "  flower"),
+          ("sites", "  sites")]
+
+
+def stamped_run(overrides: list[str], env: dict) -> dict[str, float]:
+    """Seconds from launch at which each phase line appeared, and 'total' (round 1 begun)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "fedcls.simulate", "rounds=1", *overrides],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    stamps: dict[str, float] = {}
+    lines = []
+    for line in proc.stdout:
+        now = time.perf_counter() - start
+        lines.append(line)
+        for name, prefix in PHASES:
+            if line.startswith(prefix) and name not in stamps:
+                stamps[name] = now
+    if proc.wait() != 0 or "sites" not in stamps:
+        sys.exit("the run failed:\n" + "".join(lines[-30:]))
+    stamps["total"] = stamps["sites"]
+    return stamps
+
+
+def table(title: str, runs: list[dict[str, float]]) -> None:
+    print(f"\n{title} (median of {len(runs)}; seconds since the command, and the phase's own)")
+    previous = 0.0
+    for name, _ in PHASES:
+        times = [r[name] for r in runs if name in r]
+        if not times:
+            continue
+        at = statistics.median(times)
+        print(f"  {name:<8} at {at:5.1f}  phase {at - previous:5.1f}")
+        previous = at
+    print(f"  {'total':<8} {statistics.median(r['total'] for r in runs):5.1f} s to round 1 begun")
+
+
+def client_imports() -> float:
+    """Seconds a fresh Python takes to import what a client actor imports."""
+    code = ("import time; t = time.perf_counter(); import ray; "
+            "import flwr.simulation.ray_transport.ray_actor; import fedcls.apps.client_app; "
+            "print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = [f"output_dir={tmp}", "save_model=false", *args.overrides]
+        stamped_run(base, env)  # warm the file cache and bytecode, as a researcher's second run is
+        cold = [stamped_run(base, env) for _ in range(args.repeat)]
+        ray = os.path.join(os.path.dirname(sys.executable), "ray")
+        subprocess.run([ray, "start", "--head", "--include-dashboard=false", "--disable-usage-stats"],
+                       check=True, capture_output=True, env=env)
+        try:
+            attached = [stamped_run([*base, "backend.ray_address=auto"], env) for _ in range(args.repeat)]
+        finally:
+            subprocess.run([ray, "stop"], capture_output=True, env=env)
+    table("cold: Ray started by the run", cold)
+    table("attached: backend.ray_address=auto", attached)
+    print(f"\nclient actor imports (ray, Flower's actor, fedcls.apps.client_app) in a fresh Python: "
+          f"{client_imports():.1f} s")
+
+
+if __name__ == "__main__":
+    main()
