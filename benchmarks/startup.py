@@ -9,8 +9,8 @@ call, i.e. round 1 begins). Also printed: what the client actors import, timed i
 
     python benchmarks/startup.py [--repeat 3] [key=value ...]
 
-The attached start runs ``ray start --head`` itself first (and ``ray stop`` after), as a user would
-(README, "A long-lived Ray"): its own start-up is not counted, as it is paid once per session.
+The attached start runs ``ray start --head --block`` itself first (and ends it after), as a user
+would (README, "A long-lived Ray"): its own start-up is not counted, as it is paid once per session.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
+PORT = 6391  # the attached start's head; an explicit address, so another Ray on this machine is not used
 PHASES = [("header", "fedcls:"), ("data", "  data"), ("ray", "  ray"), ("flower", "  flower"),
           ("sites", "  sites")]
 
@@ -44,6 +46,19 @@ def stamped_run(overrides: list[str], env: dict) -> dict[str, float]:
         sys.exit("the run failed:\n" + "".join(lines[-30:]))
     stamps["total"] = stamps["sites"]
     return stamps
+
+
+def start_head(env: dict) -> subprocess.Popen:
+    """`ray start --head --block` (the README's long-lived Ray) on PORT, returned once it is up."""
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    proc = subprocess.Popen([ray, "start", "--head", f"--port={PORT}", "--include-dashboard=false",
+                             "--disable-usage-stats", "--block"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    for line in proc.stdout:
+        if "--block" in line or "Ray runtime started" in line:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
+            return proc
+    sys.exit("ray start --head failed")
 
 
 def table(title: str, runs: list[dict[str, float]]) -> None:
@@ -78,13 +93,13 @@ def main() -> None:
         base = [f"output_dir={tmp}", "save_model=false", *args.overrides]
         stamped_run(base, env)  # warm the file cache and bytecode, as a researcher's second run is
         cold = [stamped_run(base, env) for _ in range(args.repeat)]
-        ray = os.path.join(os.path.dirname(sys.executable), "ray")
-        subprocess.run([ray, "start", "--head", "--include-dashboard=false", "--disable-usage-stats"],
-                       check=True, capture_output=True, env=env)
+        head = start_head(env)
         try:
-            attached = [stamped_run([*base, "backend.ray_address=auto"], env) for _ in range(args.repeat)]
+            attached = [stamped_run([*base, f"backend.ray_address=127.0.0.1:{PORT}"], env)
+                        for _ in range(args.repeat)]
         finally:
-            subprocess.run([ray, "stop"], capture_output=True, env=env)
+            head.terminate()  # `ray start --block` ends its own processes (not `ray stop`: that ends every Ray here)
+            head.wait()
     table("cold: Ray started by the run", cold)
     table("attached: backend.ray_address=auto", attached)
     print(f"\nclient actor imports (ray, Flower's actor, fedcls.apps.client_app) in a fresh Python: "

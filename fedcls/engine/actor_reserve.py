@@ -5,8 +5,9 @@ ends; a new actor imports Flower, PyTorch and fedcls on its first message (~5 s 
 benchmarks/startup.py), so every run paid it after the driver's own start-up, and every run of a
 sweep paid it again. Written by hand (Flower has no hook for either):
 
-- ``warm(resources)`` creates the actors Flower's pool would create (same class, resources and
-  count) and makes each import the client path now, while the driver is still busy;
+- ``warm(resources, cfg)`` creates the actors Flower's pool would create (same class, resources
+  and count) and makes each import the client path and build the run's data and model now, while
+  the driver is still busy;
 - Flower's pool takes its actors from this reserve before creating new ones (``_take``);
 - while ``keeping()`` (a sweep), a finished pool gives its idle actors back instead of terminating
   them, so the next run of the grid starts on warm actors.
@@ -17,6 +18,7 @@ run's numbers on reused actors are those of a fresh run (tests/test_startup.py).
 
 from __future__ import annotations
 
+import json
 import threading
 
 _lock = threading.Lock()
@@ -28,25 +30,40 @@ def _key(resources: dict) -> tuple:
     return tuple(sorted((k, float(v)) for k, v in resources.items()))
 
 
-def import_client_path(actor_self=None) -> int:
-    """What an actor needs before its first message (run inside the actor by ``warm``)."""
-    import fedcls.apps.client_app  # noqa: F401 - imports PyTorch, Flower's app and fedcls's training
+def prepare(actor_self=None, config_json: str | None = None) -> bool:
+    """Run inside an actor by ``warm``: import the client path and, given the run's config, build
+    its data and model (the per-actor cache a first message would build). False when building
+    failed: the first message fails the same way, with the run's own error reporting."""
+    from fedcls.apps.client_app import apply_torch_settings  # PyTorch, Flower's app, fedcls's training
 
-    return 1
+    if config_json is None:
+        return True
+    try:
+        from fedcls.apps.runtime import get_runtime
+        from fedcls.schema import Config
+
+        cfg = Config.from_dict(json.loads(config_json))
+        apply_torch_settings(cfg.backend.num_cpus, cfg.backend.tf32)
+        get_runtime(cfg)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return False
+    return True
 
 
-def warm(resources: dict, count: int | None = None) -> int:
+def warm(resources: dict, count: int | None = None, cfg=None) -> int:
     """Create `count` (default: as many as Flower's pool will hold) client actors with these
-    resources and start their imports; returns how many are in the reserve for them."""
+    resources and start their imports (and, with `cfg`, their data and model); returns how many
+    are in the reserve for them."""
     from flwr.simulation.ray_transport.ray_actor import ClientAppActor, pool_size_from_resources
 
     install()
     count = pool_size_from_resources(resources) if count is None else count
+    config_json = None if cfg is None else json.dumps(cfg.to_dict())
     with _lock:
         idle = _reserve.setdefault(_key(resources), [])
         for _ in range(count - len(idle)):
             actor = ClientAppActor.options(**resources).remote()
-            actor.__ray_call__.remote(import_client_path)
+            actor.__ray_call__.remote(prepare, config_json)
             idle.append(actor)
         return len(idle)
 

@@ -4,8 +4,8 @@ Serially, a cold run on 2 cores spent ~4 s importing (mostly PyTorch), then ~6 s
 GCS, raylet and Ray's agents start as processes), then ~5 s per client actor importing Flower,
 PyTorch and fedcls: ~21 s from the command to round 1 (benchmarks/startup.py). Here ``begin`` starts
 a thread right after the config is read that starts Ray (as Flower's backend would: same init
-arguments) and warm client actors (fedcls.engine.actor_reserve); the Ray processes and the actors'
-imports then run on the other cores while the main thread imports and builds data. Flower's backend
+arguments) and warm client actors (fedcls.engine.actor_reserve: imports, data and model built); the
+Ray processes and the actors' work then run on the other cores while the main thread imports and builds data. Flower's backend
 finds Ray initialised and its pool takes the warm actors.
 
 The thread lives as long as the process: Ray starts its processes with PR_SET_PDEATHSIG, which on
@@ -46,7 +46,7 @@ def begin(cfg) -> None:
     ray_dies_with_driver(cfg.backend.ray_address)
     resources = {"num_cpus": cfg.backend.num_cpus, "num_gpus": cfg.backend.num_gpus}
     args = init_kwargs(cfg.backend.ray_address, cfg.verbose)
-    thread = threading.Thread(target=_start, args=(args, resources), name="fedcls-early-ray", daemon=True)
+    thread = threading.Thread(target=_start, args=(args, resources, cfg), name="fedcls-early-ray", daemon=True)
     _state["thread"] = thread
     thread.start()
 
@@ -63,7 +63,7 @@ def _not_sigterm_notice(record: logging.LogRecord) -> bool:
     return "SIGTERM handler is not set" not in record.getMessage()
 
 
-def _start(args: dict, resources: dict) -> None:
+def _start(args: dict, resources: dict, cfg) -> None:
     try:
         import ray
 
@@ -72,7 +72,7 @@ def _start(args: dict, resources: dict) -> None:
         from fedcls.engine import actor_reserve
 
         try:
-            actor_reserve.warm(resources)
+            actor_reserve.warm(resources, cfg=cfg)
         except ValueError:
             pass  # no actor fits these resources: Flower's pool says so, with its message
     except BaseException as err:  # noqa: BLE001 - handed to the main thread by wait()

@@ -85,7 +85,7 @@ def serve(grid, cfg: Config, data: FederatedData, recorder: Recorder, resume: di
     """The ServerApp's body: the recorded federation over a StoppableGrid, holding `running`."""
     from fedcls.apps.server_app import run_and_record
 
-    recorder.progress.phase("flower", "simulation engine started; Ray starts the sites' actors")
+    recorder.progress.phase("flower", "simulation engine started: its ServerApp runs, its actor pool takes the sites' actors")
     with running:
         try:
             run_and_record(StoppableGrid(grid, stop, recorder.progress.replies), cfg, data, recorder, resume)
@@ -94,14 +94,14 @@ def serve(grid, cfg: Config, data: FederatedData, recorder: Recorder, resume: di
 
 
 @contextlib.contextmanager
-def shared_ray(address: str | None = None, verbose: bool = False, resources: dict | None = None):
+def shared_ray(address: str | None = None, verbose: bool = False, first: Config | None = None):
     """One Ray instance, and one set of client actors, for several simulations in this process (a
     sweep).
 
     Flower's Ray backend starts Ray when it is not running and calls ray.shutdown() after every
     simulation; here Ray is started once and that one call is made a no-op for the duration.
-    Client actors (for `resources`, the runs' backend.num_cpus/num_gpus) are started at once and
-    pass from each run's pool to the next (fedcls.engine.actor_reserve).
+    Client actors (for the `first` run's backend.num_cpus/num_gpus, preparing its data) start at
+    once and pass from each run's pool to the next (fedcls.engine.actor_reserve).
     """
     quiet_logs(verbose)
     import ray
@@ -113,9 +113,10 @@ def shared_ray(address: str | None = None, verbose: bool = False, resources: dic
     raybackend.ray = RayWithoutShutdown(ray)
     try:
         with actor_reserve.keeping():
-            if resources:
+            if first is not None and first.backend.executor == "clientapp":
+                resources = {"num_cpus": first.backend.num_cpus, "num_gpus": first.backend.num_gpus}
                 with contextlib.suppress(ValueError):  # no actor fits: each run's pool says so
-                    actor_reserve.warm(resources)
+                    actor_reserve.warm(resources, cfg=first)
             yield
     finally:
         raybackend.ray = ray

@@ -162,9 +162,7 @@ def _sweep(args: list[str], study: Path, common: list[str], points: list[list[st
     failed, started, seconds = [], time.time(), []
     from fedcls.engine.simulation import shared_ray
 
-    first = configs[0].backend  # the cluster the runs attach to, as each reads it, and their actors
-    actors = {"num_cpus": first.num_cpus, "num_gpus": first.num_gpus} if first.executor == "clientapp" else None
-    with shared_ray(first.ray_address, resources=actors):
+    with shared_ray(configs[0].backend.ray_address, first=todo[0][1] if todo else None):  # as each run reads it
         from fedcls.engine.lifecycle import ray_started
 
         print(f"  ray     {ray_started(configs[0].backend.ray_address)} ({time.time() - started:.1f}s)", flush=True)
