@@ -10,6 +10,10 @@ weights, training, replies), the plain loop its training time; median over round
     python benchmarks/cohort.py                                 # CPU: simple_cnn, 20 x 100 samples
     python benchmarks/cohort.py --workload resnet18             # the issue's GPU workload
     python benchmarks/cohort.py --workload resnet18 --clients 1000 --fraction 0.1 --skip-flower
+
+On a GPU it also prints each simulated path's peak GPU memory: the device-wide memory in use (all
+processes, so the Ray actors' CUDA contexts and allocations) polled every 50 ms during the run, above
+the level when the run began. ``--json PATH`` writes the figures for benchmarks/gpu_check.sh.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -75,12 +80,40 @@ def plain_loop(cfg: Config) -> list[float]:
     return seconds
 
 
-def simulated(cfg: Config, executor: str, out: Path) -> list[float]:
+class GpuPeak:
+    """Peak device-wide GPU memory in use (GiB) while the block runs, above the level it began at."""
+
+    def __enter__(self) -> GpuPeak:
+        self.gib, self.stop = 0.0, threading.Event()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            self.base = self.used()
+            self.thread = threading.Thread(target=self.poll, daemon=True)
+            self.thread.start()
+        return self
+
+    @staticmethod
+    def used() -> float:
+        free, total = torch.cuda.mem_get_info()
+        return (total - free) / 2**30
+
+    def poll(self) -> None:
+        while not self.stop.wait(0.05):
+            self.gib = max(self.gib, self.used() - self.base)
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if torch.cuda.is_available():
+            self.thread.join()
+
+
+def simulated(cfg: Config, executor: str, out: Path, num_gpus: float | None = None) -> list[float]:
     from dataclasses import replace
 
     from fedcls.engine.runner import run
 
-    run_cfg = replace(cfg, output_dir=str(out), run_id=executor, backend=replace(cfg.backend, executor=executor))
+    backend = replace(cfg.backend, executor=executor, num_gpus=cfg.backend.num_gpus if num_gpus is None else num_gpus)
+    run_cfg = replace(cfg, output_dir=str(out), run_id=executor, backend=backend)
     if run(run_cfg, echo=None) != 0:
         raise SystemExit(f"the {executor} run failed: see {out / executor}")
     rows = [json.loads(line) for line in (out / executor / "metrics.jsonl").read_text().splitlines()]
@@ -99,7 +132,9 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=1.0, help="clients sampled per round")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--actors", type=int, default=1, help="cohort actors (and Flower actors per GPU)")
+    parser.add_argument("--flower-actors", type=int, help="Flower actors per GPU (default: --actors)")
     parser.add_argument("--skip-flower", action="store_true", help="skip the per-client Flower path")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("overrides", nargs="*", help="more key=value config overrides")
     args = parser.parse_args()
     cfg = config(args)
@@ -107,17 +142,30 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     print(f"workload: {args.workload}, {args.clients} clients x {args.samples} samples, {args.fraction:.0%} "
           f"sampled, 1 epoch, batch 32, {args.rounds} rounds, device: {device}")
-    rows = {"plain loop": steady(plain_loop(cfg))}
+    rows, gpu_peaks = {"plain loop": steady(plain_loop(cfg))}, {}
+    flower_gpus = 1.0 / args.flower_actors if args.flower_actors and torch.cuda.is_available() else None
     with tempfile.TemporaryDirectory() as tmp:
+        paths = [("cohort executor", "cohort", None)]
         if not args.skip_flower:
-            rows["per-client Flower path"] = steady(simulated(cfg, "clientapp", Path(tmp)))
-        rows["cohort executor"] = steady(simulated(cfg, "cohort", Path(tmp)))
+            paths.insert(0, ("per-client Flower path", "clientapp", flower_gpus))
+        for name, executor, gpus in paths:
+            with GpuPeak() as peak:
+                rows[name] = steady(simulated(cfg, executor, Path(tmp), gpus))
+            gpu_peaks[name] = peak.gib
     if torch.cuda.is_available():
         print(f"peak GPU memory in this process: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+        for name, gib in gpu_peaks.items():
+            print(f"peak GPU memory on the device during the {name} run (above its start): {gib:.2f} GiB")
     import resource
 
-    print(f"peak resident memory of this process (the driver): "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"peak resident memory of this process (the driver): {rss:.2f} GiB")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "device": device, "workload": args.workload, "clients": args.clients, "samples": args.samples,
+            "fraction": args.fraction, "rounds": args.rounds, "actors": args.actors,
+            "flower_actors": args.flower_actors or args.actors, "seconds_per_round": rows,
+            "gpu_peak_gib": gpu_peaks, "driver_rss_gib": rss}, indent=2))
     base = rows["plain loop"]
     print(f"{'path':<26}{'s/round':>10}{'vs plain':>10}{'vs cohort':>11}")
     for name, value in rows.items():

@@ -1,21 +1,97 @@
-"""Per-run overhead of a sweep (one shared Ray instance) against single runs of the same config.
+"""A sweep's wall time against a plain PyTorch loop doing the same training work in this process.
 
-Runs the same config (seeds 0..N-1) once as N separate `python -m fedcls.simulate` commands and
-once as one `python -m fedcls.sweep`; prints wall seconds per run for each and their ratio, and
-each one's overhead (wall time not spent inside rounds).
+(a) runs the grid as one ``python -m fedcls.sweep`` subprocess and takes its wall time, from the
+command to its exit (Python and Ray start-up, actors, data, rounds, outputs: what a user waits);
+(b) does the same training work here, grid point by grid point, with no Flower and no Ray: the same
+data (``federated_data``), model and initial weights (``build_model`` after ``torch.manual_seed(seed)``),
+the same local update (``local_update`` with the per-client round seeds and the strategy's client
+hooks, e.g. FedProx's proximal term) for each sampled site, FedAvg's example-weighted mean, and per
+round the evaluation fedcls does (each evaluated site's local test split, and the global test set);
+(c) prints seconds per run of each and the ratio sweep wall / plain loop (issue 19's target: <= 1.2).
 
-    python benchmarks/sweep_overhead.py [--runs 3] [key=value ...]
+The plain loop trains the sites one after another on PyTorch's default threads (2 on a 2-core
+machine); the sweep trains two sites at once on two single-threaded Ray actors (backend.num_cpus=1).
+On a shared machine the timings are contended: compare numbers taken back to back. There PyTorch's
+two threads can stall each other (the plain loop measured 5-45 s per run of the default grid on a
+busy 2-core machine); ``--threads 1`` is steadier but gives the plain loop one core to the sweep's two.
+
+    python benchmarks/sweep_overhead.py             # 2 strategies x 4 partitions x 2 seeds, rounds=3 local_epochs=1
+    python benchmarks/sweep_overhead.py seed=0 rounds=2              # an override replaces its default
+    python benchmarks/sweep_overhead.py --singles   # also every grid point as its own fedcls.simulate command
+
+The grid's plain loop knows the client hooks of strategies whose round config holds only
+FedProx's "proximal-mu" (fedavg, fedprox, ...); others stop with a message.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+from flwr.app import ConfigRecord
+
+import strategies
+from fedcls.algorithms.models import build_model
+from fedcls.algorithms.training import TrainParams, evaluate, local_update
+from fedcls.apps.client_app import round_seed
+from fedcls.config import compose
+from fedcls.data.federated import federated_data, site_tensors
+from fedcls.schema import Config
+from fedcls.studies.sweep import expand_grid
+
+DEFAULTS = ["strategy=fedavg,fedprox", "scenario=iid,dirichlet_0.1,label_2,quantity_0.5", "seed=0,1",
+            "rounds=3", "local_epochs=1", "save_model=false"]
+
+
+def with_defaults(overrides: list[str]) -> list[str]:
+    named = {o.split("=", 1)[0] for o in overrides}
+    return [d for d in DEFAULTS if d.split("=", 1)[0] not in named] + overrides
+
+
+def client_hooks(cfg: Config) -> list:
+    round_config = ConfigRecord({"proximal-mu": float(cfg.strategy.params.get("proximal_mu", 0.0))})
+    try:
+        return strategies.get(cfg.strategy.name).client_hooks(round_config, {})
+    except KeyError as missing:
+        raise SystemExit(f"the plain loop does not know {cfg.strategy.name}'s round config ({missing})") from None
+
+
+def plain_run(cfg: Config) -> tuple[float, float]:
+    """One grid point's work in this process: (seconds in all, of which building the data)."""
+    started = time.perf_counter()
+    data = federated_data(cfg)
+    ds, n = data.dataset, cfg.num_clients
+    sites = [site_tensors(data, i, torch.device("cpu")) for i in range(n)]
+    test_x, test_y = ds.normalize(ds.test_x), ds.test_y
+    data_seconds = time.perf_counter() - started
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, ds.shape, ds.num_classes)
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    sample = random.Random(cfg.seed).sample
+    for rnd in range(1, cfg.rounds + 1):
+        total, weighted = 0, {k: torch.zeros_like(v, dtype=torch.float32) for k, v in global_state.items()}
+        for i in sample(range(n), max(int(n * cfg.fraction_train), 1)):
+            model.load_state_dict(global_state)
+            seed = round_seed(cfg, rnd, i)
+            local_update(model, sites[i], TrainParams(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.momentum,
+                                                      cfg.weight_decay, seed), client_hooks(cfg), {})
+            for k, v in model.state_dict().items():
+                weighted[k] += v.float() * len(sites[i].train_y)
+            total += len(sites[i].train_y)
+        global_state = {k: (v / total).to(global_state[k].dtype) for k, v in weighted.items()}
+        model.load_state_dict(global_state)
+        if cfg.fraction_evaluate > 0:
+            for i in sample(range(n), max(int(n * cfg.fraction_evaluate), 1)):
+                evaluate(model, sites[i].test_x, sites[i].test_y, noise_scale=sites[i].noise_scale)
+        evaluate(model, test_x, test_y)
+    return time.perf_counter() - started, data_seconds
 
 
 def round_seconds(runs_dir: Path) -> float:
@@ -23,33 +99,41 @@ def round_seconds(runs_dir: Path) -> float:
                for line in p.read_text().splitlines())
 
 
+def timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", *command], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("overrides", nargs="*", default=["rounds=3", "local_epochs=1"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--singles", action="store_true",
+                        help="also run each grid point as its own python -m fedcls.simulate (slow)")
+    parser.add_argument("--threads", type=int, help="PyTorch threads of the plain loop (default: PyTorch's)")
+    parser.add_argument("overrides", nargs="*", help="key=value or key=a,b grid overrides (replace the defaults')")
     args = parser.parse_args()
-    seeds = list(range(args.runs))
+    overrides = with_defaults(args.overrides)
+    _, common, points = expand_grid(overrides)
+    runs = len(points)
+    print(f"grid: {' '.join(overrides)} ({runs} runs)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        singles = Path(tmp) / "singles"
-        start = time.time()
-        for seed in seeds:
-            subprocess.run([sys.executable, "-m", "fedcls.simulate", *args.overrides, f"seed={seed}",
-                            f"output_dir={singles}", "save_model=false"], check=True,
-                           stdout=subprocess.DEVNULL)
-        single_wall = (time.time() - start) / len(seeds)
-        single_rounds = round_seconds(singles) / len(seeds)
-        study = Path(tmp) / "study"
-        start = time.time()
-        subprocess.run([sys.executable, "-m", "fedcls.sweep", f"output_dir={study}", *args.overrides,
-                        f"seed={','.join(map(str, seeds))}", "save_model=false"], check=True,
-                       stdout=subprocess.DEVNULL)
-        sweep_wall = (time.time() - start) / len(seeds)
-        sweep_rounds = round_seconds(study / "runs") / len(seeds)
-    print(f"config: {' '.join(args.overrides)}, {len(seeds)} runs")
-    print(f"single runs: {single_wall:.1f} s/run wall, overhead {single_wall - single_rounds:.1f} s/run")
-    print(f"sweep:       {sweep_wall:.1f} s/run wall, overhead {sweep_wall - sweep_rounds:.1f} s/run")
-    print(f"ratio sweep/single wall per run: {sweep_wall / single_wall:.2f}; "
-          f"overhead ratio {(sweep_wall - sweep_rounds) / (single_wall - single_rounds):.2f}")
+        sweep_wall = timed(["fedcls.sweep", f"output_dir={tmp}/study", *overrides]) / runs
+        sweep_rounds = round_seconds(Path(tmp) / "study" / "runs") / runs
+        if args.singles:
+            single_wall = sum(timed(["fedcls.simulate", *common, *point, f"output_dir={tmp}/singles"])
+                              for point in points) / runs
+            single_rounds = round_seconds(Path(tmp) / "singles") / runs
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    plain = [plain_run(compose([*common, *point])) for point in points]
+    plain_wall, plain_data = sum(p[0] for p in plain) / runs, sum(p[1] for p in plain) / runs
+    print(f"sweep (one command):  {sweep_wall:6.1f} s/run wall, {sweep_rounds:.1f} s/run in rounds")
+    if args.singles:
+        print(f"single commands:      {single_wall:6.1f} s/run wall, {single_rounds:.1f} s/run in rounds")
+    print(f"plain PyTorch loop:   {plain_wall:6.1f} s/run (data {plain_data:.1f} s/run), in this process on {torch.get_num_threads()} thread(s)")
+    print(f"ratio sweep wall / plain loop: {sweep_wall / plain_wall:.2f} (target <= 1.2)")
+    if args.singles:
+        print(f"ratio sweep / single commands: {sweep_wall / single_wall:.2f}")
 
 
 if __name__ == "__main__":
