@@ -160,14 +160,14 @@ def test_a_dead_cohort_worker_fails_its_clients_once_then_is_replaced(monkeypatc
     workers = [CohortWorker(), CohortWorker()]
     grid = CohortGrid(4, workers, echo=lambda line: None, respawn=CohortWorker)
     recorder = Recorder(tmp_path / "run", cfg, echo=lambda line: None)
-    discovered = grid.send_and_receive  # let discovery through, then kill worker 1
+    exchange = grid.send_and_receive  # kill worker 1, then let the exchange through
     calls = {"n": 0}
 
     def send(messages, timeout=None):
         calls["n"] += 1
-        if calls["n"] == 2:  # the first training exchange
+        if calls["n"] == 1:  # the first training exchange (no roll call: the grid knows its sites)
             grid.workers[1] = DyingWorker()
-        return discovered(messages, timeout)
+        return exchange(messages, timeout)
 
     monkeypatch.setattr(grid, "send_and_receive", send)
     run_federation(grid, cfg, federated_data(cfg), recorder)

@@ -52,7 +52,7 @@ def test_the_live_line_names_the_round_its_stage_and_the_sites_that_answered(cap
     assert "~24s left" in out and "4/10" not in out
 
 
-def test_a_federation_reports_its_roll_call_stages_and_rounds(tmp_path, capsys, monkeypatch):
+def test_a_federation_reports_its_sites_stages_and_rounds(tmp_path, capsys, monkeypatch):
     from fedcls.apps.cohort.worker import CohortWorker
     from fedcls.apps.federation import run_federation
     from fedcls.data.federated import federated_data
@@ -67,11 +67,11 @@ def test_a_federation_reports_its_roll_call_stages_and_rounds(tmp_path, capsys, 
     grid.on_replies = progress.replies
     run_federation(grid, cfg, federated_data(cfg), Recorder(tmp_path / "run", cfg, progress=progress))
     progress.close()
-    assert lines[0].startswith("  sites   3 of 3 answered the roll call")
+    assert lines[0].startswith("  sites   3 simulated sites, each node's site known (no roll call")
     assert [line.split()[1] for line in lines[1:]] == ["1/3", "2/3", "3/3"]
     assert "left ~" in lines[1] and "left ~" in lines[2] and "left" not in lines[3]
     live = capsys.readouterr().out
-    for stage in ("starting", "roll call 0/3 sites", "training 0/3 sites", "evaluating at the sites 0/3 sites", "testing the global model"):
+    for stage in ("training 0/3 sites", "evaluating at the sites 0/3 sites", "testing the global model"):
         assert stage in live
 
 

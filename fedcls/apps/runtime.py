@@ -1,7 +1,8 @@
 """Per-process cache: data and model are built once per Ray actor (or process), not per message.
 
 Module-level, so it survives inside each Ray actor between messages (any actor may serve any
-site; each builds the shared data once and keeps each site's tensors after first use).
+site; each builds the shared data once and keeps the tensors of the SITES_KEPT sites it served
+last: all of them in a federation of up to that many sites, a bounded share at 10,000).
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from fedcls.data.site_folders import folder_federated_data
 from fedcls.schema import Config
 
 _RUNTIMES = BoundedCache(size=4)  # data, model and site tensors per config and device
+SITES_KEPT = 128  # site tensors (and continual streams) a runtime keeps, the most recently used
+
+
+def _site_cache() -> BoundedCache:
+    return BoundedCache(size=SITES_KEPT)
 
 
 @dataclass
@@ -25,23 +31,20 @@ class Runtime:
     data: FederatedData
     model: Classifier
     device: torch.device
-    sites: dict[int, SiteTensors] = field(default_factory=dict)
-    streams: dict[str, object] = field(default_factory=dict)
+    sites: BoundedCache = field(default_factory=_site_cache)  # {site id: SiteTensors}
+    streams: BoundedCache = field(default_factory=_site_cache)  # {"site:stream key": SiteStream}
 
     def site(self, site_id: int) -> SiteTensors:
-        """Site `site_id`'s tensors on this runtime's device (built on first use)."""
-        if site_id not in self.sites:
-            self.sites[site_id] = site_tensors(self.data, site_id, self.device)
-        return self.sites[site_id]
+        """Site `site_id`'s tensors on this runtime's device (built on first use; a site not used
+        among the last SITES_KEPT is built again, the same tensors: they depend on the config alone)."""
+        return self.sites.get_or_build(site_id, lambda: site_tensors(self.data, site_id, self.device))
 
     def stream(self, cfg: Config, site_id: int):
-        """Site `site_id`'s continual stream of experiences (built on first use)."""
+        """Site `site_id`'s continual stream of experiences (built on first use, kept as site() keeps tensors)."""
         from fedcls.algorithms.continual.streams import site_stream, stream_key
 
         key = f"{site_id}:{stream_key(cfg)}"
-        if key not in self.streams:
-            self.streams[key] = site_stream(cfg, self.data, site_id, self.device)
-        return self.streams[key]
+        return self.streams.get_or_build(key, lambda: site_stream(cfg, self.data, site_id, self.device))
 
 
 def pick_device(cfg: Config) -> torch.device:

@@ -34,6 +34,10 @@ class CohortGrid:
     def get_node_ids(self) -> list[int]:
         return list(range(1, self.num_sites + 1))
 
+    def simulated_sites(self) -> dict[int, int]:
+        """{node id: site}: known here, so the round loop needs no roll call (fedcls.apps.federation)."""
+        return {node: node - 1 for node in self.get_node_ids()}
+
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> list[Message]:
         messages = list(messages)
         batches: dict[int, list[tuple[int, int, Message]]] = {}

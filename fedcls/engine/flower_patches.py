@@ -54,3 +54,104 @@ class RayWithoutShutdown:
 
     def shutdown(self, *args, **kwargs) -> None:
         return None
+
+
+def serve_many_nodes() -> None:
+    """Make Flower's simulation engine cheap at thousands of nodes (10,000 sites, 1% sampled):
+    ``deliver_in_one_pass`` and ``name_simulated_sites``. Call before ``run_simulation``."""
+    deliver_in_one_pass()
+    name_simulated_sites()
+
+
+def deliver_in_one_pass() -> None:
+    """Hand the simulation's pending messages to its workers in one pass over the stored messages.
+
+    Flower 1.42's ``vce_api.add_messages_to_queue`` polls every 0.1 s, and each poll asks the
+    link state once per node (``get_message_ins(node_id, limit=1)``), which scans every stored
+    message and checks each one's expiry: N nodes x M messages per poll. At 10,000 nodes that is
+    10,000 scans every 0.1 s while idle and 10^8 checks per poll for a 10,000-message broadcast;
+    the driver spends its time there. Here one poll checks each stored message once and takes,
+    as Flower does, at most one undelivered message per node, queued in the nodes' order. Other
+    link states (SQL) keep Flower's own loop.
+    """
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
+
+    if getattr(vce_api.add_messages_to_queue, "_fedcls_one_pass", False):
+        return
+    flowers = vce_api.add_messages_to_queue
+
+    def add_messages_to_queue(state, queue, nodes_mapping, f_stop) -> None:
+        if not isinstance(state, InMemoryLinkState):
+            return flowers(state, queue, nodes_mapping, f_stop)
+        order = {node: i for i, node in enumerate(nodes_mapping)}
+        while not f_stop.is_set():
+            for msg in undelivered_messages(state, order):
+                queue.put(msg)
+            f_stop.wait(0.1)
+
+    add_messages_to_queue._fedcls_one_pass = True  # type: ignore[attr-defined]
+    vce_api.add_messages_to_queue = add_messages_to_queue
+
+
+def undelivered_messages(state, order: dict[int, int]) -> list:
+    """The first undelivered message of each node in `order` ({node id: rank}) held by an
+    InMemoryLinkState, in the nodes' rank, marked delivered (as ``get_message_ins`` marks them);
+    expired messages are dropped as ``get_message_ins`` drops them."""
+    from flwr.supercore.date import now
+
+    first: dict[int, object] = {}
+    with state.lock:
+        if not state.message_ins_store:
+            return []
+        state._check_stored_messages(set(state.message_ins_store))  # deletes the expired ones
+        for msg in state.message_ins_store.values():
+            node = msg.metadata.dst_node_id
+            if node in order and node not in first and msg.metadata.delivered_at == "":
+                first[node] = msg
+        delivered_at = now().isoformat()
+        for msg in first.values():
+            msg.metadata.delivered_at = delivered_at
+    return [first[node] for node in sorted(first, key=order.__getitem__)]
+
+
+SITES_ATTR = "_fedcls_site_of_node"  # on the InMemoryLinkState: {node id: partition id}, None while registering
+
+
+def name_simulated_sites() -> None:
+    """Let the round loop know which site each simulated node serves without asking every node
+    (the roll call of fedcls.apps.federation.discover_sites: 10,000 query messages at 10,000 sites).
+
+    Flower's simulation registers its nodes in ``vce_api._register_nodes``, which returns the
+    mapping {node id: partition id} that becomes each node's ``partition-id`` (the site its
+    ClientApp serves, fedcls.apps.client_app.site_id). Here that mapping is kept on the link
+    state, and ``InMemoryGrid.simulated_sites()`` returns it to the ServerApp.
+    """
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    if getattr(InMemoryGrid, "simulated_sites", None) is not None:
+        return
+    register = vce_api._register_nodes
+
+    def register_nodes(num_nodes, state_factory):
+        state = state_factory.state()
+        setattr(state, SITES_ATTR, None)  # registering: nodes come online before the mapping returns
+        mapping = register(num_nodes=num_nodes, state_factory=state_factory)
+        setattr(state, SITES_ATTR, dict(mapping))
+        return mapping
+
+    vce_api._register_nodes = register_nodes
+    InMemoryGrid.simulated_sites = _simulated_sites
+
+
+def _simulated_sites(grid, wait_s: float = 60.0) -> dict[int, int] | None:
+    """{node id: site} of a Flower simulation's nodes (None: not nodes this simulation registered)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while hasattr(grid.state, SITES_ATTR) and getattr(grid.state, SITES_ATTR) is None:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+    return getattr(grid.state, SITES_ATTR, None)

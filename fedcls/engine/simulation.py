@@ -14,7 +14,7 @@ import threading
 
 from fedcls.data.federated import FederatedData
 from fedcls.engine import actor_reserve, early_ray
-from fedcls.engine.flower_patches import RayWithoutShutdown, replace_dead_actors
+from fedcls.engine.flower_patches import RayWithoutShutdown, replace_dead_actors, serve_many_nodes
 from fedcls.engine.lifecycle import ServerStopped, StoppableGrid, ray_dies_with_driver, ray_started
 from fedcls.engine.logs import quiet_logs, quiet_warnings
 from fedcls.errors import STOP
@@ -53,6 +53,7 @@ def _flower_simulation(cfg: Config, data: FederatedData, recorder: Recorder, res
                        stop: threading.Event) -> None:
     quiet_logs(cfg.verbose)
     replace_dead_actors()
+    serve_many_nodes()  # messages queued in one pass; each node's site known, no roll call
     if early_ray.wait():  # started by fedcls.simulate while this process imported and built data
         recorder.progress.phase("ray", f"{ray_started(cfg.backend.ray_address)}; the sites' actors are warming up")
     from flwr.serverapp import ServerApp

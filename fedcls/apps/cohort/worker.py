@@ -3,7 +3,8 @@ for the sites assigned to it. Train messages are trained together in cohorts of
 ``backend.cohort_size`` (fedcls.apps.cohort.train); a client that cannot join a cohort (BatchNorm,
 dropout, a hook without a cohort form, Avalanche plugins) trains alone through the ClientApp's
 own function, as do evaluation and query messages. Each site's Context (its client state)
-lives here, so a site always goes to the same worker.
+lives here, so a site always goes to the same worker; a Context without state is dropped after
+its call.
 """
 
 from __future__ import annotations
@@ -42,7 +43,15 @@ class CohortWorker:
                 replies[i] = self._guarded(msg, lambda: self._single(site, msg))
         for cohort in self._cohorts(train):
             replies.update(self._train_cohort(cohort))
+        self._forget_stateless({site for site, _ in items})
         return [replies[i] for i in range(len(items))], self.notices
+
+    def _forget_stateless(self, sites: set[int]) -> None:
+        """Drop the Contexts of `sites` that hold no state (a site that only evaluated, or answered
+        a query): a worker keeps nothing per site but its persisted state, whatever the sites' number."""
+        for site in sites:
+            if site in self.contexts and not self.contexts[site].state:
+                del self.contexts[site]
 
     def _cohorts(self, train: list) -> list[list]:
         if not train:
