@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 PORT = 6391  # the attached start's head; an explicit address, so another Ray on this machine is not used
 PHASES = [("header", "fedcls:"), ("data", "  data"), ("ray", "  ray"), ("flower", "  flower"),
@@ -64,6 +65,14 @@ def start_head(env: dict) -> subprocess.Popen:
             threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
             return proc
     sys.exit("ray start --head failed")
+
+
+def forget_head() -> None:
+    """Remove Ray's note of the head just ended (`ray stop` would): with it, a later ray.init()
+    without an address tries to attach to the dead head instead of starting Ray."""
+    note = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if note.exists() and note.read_text().strip().endswith(f":{PORT}"):
+        note.unlink()
 
 
 def table(title: str, runs: list[dict[str, float]]) -> None:
@@ -106,6 +115,7 @@ def main() -> None:
         finally:
             head.terminate()  # `ray start --block` ends its own processes (not `ray stop`: that ends every Ray here)
             head.wait()
+            forget_head()
     table("cold: Ray started by the run", cold)
     table("attached: backend.ray_address=auto", attached)
     print(f"\nclient actor imports (ray, Flower's actor, fedcls.apps.client_app) in a fresh Python: "

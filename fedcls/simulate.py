@@ -51,9 +51,12 @@ def _run_now(cfg, resume_dir=None) -> int:
     try:
         from fedcls.engine.runner import run
 
-        return run(cfg, resume_dir=resume_dir)
-    finally:
-        early_ray.finish()
+        code = run(cfg, resume_dir=resume_dir)
+    except BaseException:
+        early_ray.finish(wait=False)  # e.g. missing data: its message is not held up by Ray's start
+        raise
+    early_ray.finish()
+    return code
 
 
 def _resume(folder: str, others: list[str]) -> int:

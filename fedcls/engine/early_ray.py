@@ -21,7 +21,8 @@ import sys
 import threading
 
 _up = threading.Event()
-_state: dict = {}  # "thread", "error", "address"
+_lock = threading.Lock()
+_state: dict = {}  # "thread"; "error": what stopped the start; "abandoned": the run failed meanwhile
 
 
 def init_kwargs(address: str | None, verbose: bool, env: dict | None = None) -> dict:
@@ -77,8 +78,11 @@ def _start(args: dict, resources: dict, cfg) -> None:
             pass  # no actor fits these resources: Flower's pool says so, with its message
     except BaseException as err:  # noqa: BLE001 - handed to the main thread by wait()
         _state["error"] = err
-    finally:
+    with _lock:
         _up.set()
+        abandoned = _state.get("abandoned")
+    if abandoned:  # the run failed while Ray was starting (fedcls.simulate had nothing to wait for)
+        _shutdown()
     threading.Event().wait()  # see the module docstring: Ray's processes end with this thread
 
 
@@ -93,12 +97,22 @@ def wait() -> bool:
     return True
 
 
-def finish() -> None:
+def finish(wait: bool = True) -> None:
     """Shut down a Ray that ``begin`` started and that is still up (the run failed before Flower
-    could, e.g. on missing data); then ``begin`` may start again (in-process callers, tests)."""
+    could, e.g. on missing data); then ``begin`` may start again (in-process callers, tests).
+    ``wait=False``: if Ray is still starting, return at once (the user's error message is not held
+    up by Ray's start) and let the starting thread shut it down once up, or the process end it."""
     if "thread" not in _state:
         return
+    with _lock:
+        if not wait and not _up.is_set():
+            _state["abandoned"] = True
+            return
     _up.wait()
+    _shutdown()
+
+
+def _shutdown() -> None:
     import ray
 
     from fedcls.engine import actor_reserve

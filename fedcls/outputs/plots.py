@@ -106,8 +106,9 @@ def plot_partition(counts: list[list[int]], path: Path, title: str = "") -> None
         if n_sites * n_classes <= 400:
             for (i, j), value in np.ndenumerate(data):
                 if value:
-                    ax.text(j, i, str(value), ha="center", va="center", fontsize=6,
-                            color="black" if value > data.max() ** 0.6 else "white")
+                    ax.text(j, i, str(value), ha="center", va="center", fontsize=6, in_layout=False,
+                            color="black" if value > data.max() ** 0.6 else "white")  # inside the axes: layout
+                    # and the tight bounding box need not measure each cell's text (2 of a run's 3 s of plots)
         ax.set(xlabel="class", ylabel="site", xticks=range(n_classes), title=title or "samples per site and class")
         ax.grid(False)
         if n_sites <= 40:
