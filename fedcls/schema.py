@@ -151,7 +151,8 @@ class ContinualConfig:
 class BackendConfig:
     num_cpus: int = opt(1, "CPUs per client actor (Ray client_resources)", gt=0)
     num_gpus: float = opt(0.0, "GPUs per client actor; fractions share a GPU (0.25 = 4 actors per GPU)", ge=0)
-    ray_address: str | None = opt(None, "null starts Ray here; auto or host:port attaches to a running cluster")
+    ray_address: str | None = opt(None, "null starts Ray here (or, Ray's rule, attaches to a `ray start` "
+                                        "instance of this machine); auto or host:port attaches to a running cluster")
     executor: str = opt("clientapp", "clientapp (a Flower ClientApp per client, the reference) | cohort (Ray "
                         "actors each train many clients at once, vmapped; fedcls.apps.cohort)",
                         choices=("clientapp", "cohort"))
