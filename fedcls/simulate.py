@@ -39,24 +39,9 @@ def _main(args: list[str]) -> int:
     if show_cfg:
         print(to_yaml(cfg), end="")
         return 0
-    return _run_now(cfg)
+    from fedcls.engine.runner import run
 
-
-def _run_now(cfg, resume_dir=None) -> int:
-    """Ray and the sites' actors start in the background while the rest of fedcls (PyTorch) is
-    imported and the data built (fedcls.engine.early_ray)."""
-    from fedcls.engine import early_ray
-
-    early_ray.begin(cfg)
-    try:
-        from fedcls.engine.runner import run
-
-        code = run(cfg, resume_dir=resume_dir)
-    except BaseException:
-        early_ray.finish(wait=False)  # e.g. missing data: its message is not held up by Ray's start
-        raise
-    early_ray.finish()
-    return code
+    return run(cfg)
 
 
 def _resume(folder: str, others: list[str]) -> int:
@@ -64,11 +49,12 @@ def _resume(folder: str, others: list[str]) -> int:
     from pathlib import Path
 
     from fedcls.config import run_config
+    from fedcls.engine.runner import run
 
     if others:
         raise UserError(f"resume=<run folder> takes the run's own config; drop {others[0]}")
     run_dir = Path(folder).expanduser()
-    return _run_now(run_config(run_dir, f"resume={folder}"), resume_dir=run_dir)
+    return run(run_config(run_dir, f"resume={folder}"), resume_dir=run_dir)
 
 
 if __name__ == "__main__":

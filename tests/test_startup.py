@@ -1,9 +1,9 @@
-"""Start-up work done early and kept: Ray and warm client actors started in the background
-(fedcls.engine.early_ray), Flower's actor pool taking them, and a sweep passing them from run to
-run (fedcls.engine.actor_reserve). Real Ray, real Flower actor pools, in this process."""
+"""A sweep's client actors: started warm (fedcls.engine.actor_reserve), taken by Flower's actor
+pool, and passed from run to run. Real Ray, real Flower actor pools, in this process."""
 
 from fedcls.config import compose
-from fedcls.engine import actor_reserve, early_ray
+from fedcls.engine import actor_reserve
+from fedcls.engine.simulation import shared_ray
 
 RESOURCES = {"num_cpus": 1, "num_gpus": 0}
 
@@ -16,31 +16,26 @@ def _pool():
     return pool
 
 
-def test_early_ray_starts_warm_actors_that_flower_pools_take_and_a_sweep_keeps():
+def test_a_sweeps_warm_actors_are_taken_by_flowers_pools_and_kept_from_run_to_run():
     import ray
 
-    assert not ray.is_initialized()
-    early_ray.begin(compose(["backend.num_cpus=1"]))
-    try:
-        assert early_ray.wait()
+    with shared_ray(first=compose(["backend.num_cpus=1"])):
         warm = list(actor_reserve._reserve[actor_reserve._key(RESOURCES)])
         assert len(warm) == _capacity() >= 1
-        # the warm actors imported the client path and are alive after the starting thread's ray.init
+        # the warm actors imported the client path
         assert ray.get([a.__ray_call__.remote(lambda self: __import__("sys").modules.get("torch") is not None)
                         for a in warm]) == [True] * len(warm)
+        assert actor_reserve.warm(compose(["backend.executor=cohort"])) == 0  # cohorts start their own
 
         first = _pool()
         assert set(map(_id, first.pool)) == set(map(_id, warm))  # Flower's pool made no actor of its own
         assert actor_reserve._reserve[actor_reserve._key(RESOURCES)] == []
-        with actor_reserve.keeping():  # a sweep: the finished pool's actors serve the next run
-            first.terminate_all_actors()
-            second = _pool()
-            assert set(map(_id, second.pool)) == set(map(_id, warm))
-            second.terminate_all_actors()
-            other = {"num_cpus": 2, "num_gpus": 0}  # another run's resources: the kept actors end
-            assert actor_reserve._take(other) is None and actor_reserve._reserve == {}
-    finally:
-        early_ray.finish()
+        first.terminate_all_actors()  # the run ends: its actors serve the next run
+        second = _pool()
+        assert set(map(_id, second.pool)) == set(map(_id, warm))
+        second.terminate_all_actors()
+        other = {"num_cpus": 2, "num_gpus": 0}  # another run's resources: the kept actors end
+        assert actor_reserve._take(other) is None and actor_reserve._reserve == {}
     assert not ray.is_initialized()
 
 
@@ -52,10 +47,3 @@ def _capacity() -> int:
 
 def _id(actor) -> str:
     return actor._actor_id.hex()
-
-
-def test_early_ray_leaves_the_cohort_executor_to_start_its_own_ray():
-    import ray
-
-    early_ray.begin(compose(["backend.executor=cohort"]))  # its actors need another runtime env
-    assert not early_ray.wait() and not ray.is_initialized()

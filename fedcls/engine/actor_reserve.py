@@ -2,12 +2,11 @@
 
 Flower 1.42's Ray backend creates its actor pool when a simulation starts and terminates it when it
 ends; a new actor imports Flower, PyTorch and fedcls on its first message (~5 s of CPU each,
-benchmarks/startup.py), so every run paid it after the driver's own start-up, and every run of a
-sweep paid it again. Written by hand (Flower has no hook for either):
+benchmarks/startup.py), so every run of a sweep paid it again. Written by hand (Flower has no hook
+for it):
 
-- ``warm(resources, cfg)`` creates the actors Flower's pool would create (same class, resources
-  and count) and makes each import the client path and build the run's data and model now, while
-  the driver is still busy;
+- ``warm(cfg)`` creates the actors Flower's pool would create (same class, resources and count)
+  and makes each import the client path and build the run's data and model at once;
 - Flower's pool takes its actors from this reserve before creating new ones (``_take``);
 - while ``keeping()`` (a sweep), a finished pool gives its idle actors back instead of terminating
   them, so the next run of the grid starts on warm actors.
@@ -30,14 +29,17 @@ def _key(resources: dict) -> tuple:
     return tuple(sorted((k, float(v)) for k, v in resources.items()))
 
 
-def prepare(actor_self=None, config_json: str | None = None) -> bool:
-    """Run inside an actor by ``warm``: import the client path and, given the run's config, build
-    its data and model (the per-actor cache a first message would build). False when building
-    failed: the first message fails the same way, with the run's own error reporting."""
+def client_resources(backend) -> dict:
+    """A client actor's Ray resources from the config's backend section (Flower's client_resources)."""
+    return {"num_cpus": backend.num_cpus, "num_gpus": backend.num_gpus}
+
+
+def prepare(actor_self, config_json: str) -> bool:
+    """Run inside an actor by ``warm``: import the client path and build the run's data and model
+    (the per-actor cache a first message would build). False when building failed: the first
+    message fails the same way, with the run's own error reporting."""
     from fedcls.apps.client_app import apply_torch_settings  # PyTorch, Flower's app, fedcls's training
 
-    if config_json is None:
-        return True
     try:
         from fedcls.apps.runtime import get_runtime
         from fedcls.schema import Config
@@ -50,15 +52,21 @@ def prepare(actor_self=None, config_json: str | None = None) -> bool:
     return True
 
 
-def warm(resources: dict, count: int | None = None, cfg=None) -> int:
-    """Create `count` (default: as many as Flower's pool will hold) client actors with these
-    resources and start their imports (and, with `cfg`, their data and model); returns how many
-    are in the reserve for them."""
+def warm(cfg) -> int:
+    """Create as many client actors as Flower's pool will hold for `cfg`'s backend and start their
+    imports, data and model; returns how many are in the reserve for them (0: `cfg` runs on
+    the cohort executor, or no actor fits the resources, which Flower's pool then says)."""
     from flwr.simulation.ray_transport.ray_actor import ClientAppActor, pool_size_from_resources
 
+    if cfg.backend.executor != "clientapp":
+        return 0
     install()
-    count = pool_size_from_resources(resources) if count is None else count
-    config_json = None if cfg is None else json.dumps(cfg.to_dict())
+    resources = client_resources(cfg.backend)
+    try:
+        count = pool_size_from_resources(resources)
+    except ValueError:
+        return 0
+    config_json = json.dumps(cfg.to_dict())
     with _lock:
         idle = _reserve.setdefault(_key(resources), [])
         for _ in range(count - len(idle)):

@@ -10,12 +10,15 @@ Flower and Ray shut down as after a completed run, and then the runner reports t
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import sys
 import threading
 
 from fedcls.data.federated import FederatedData
-from fedcls.engine import actor_reserve, early_ray
+from fedcls.engine import actor_reserve
 from fedcls.engine.flower_patches import RayWithoutShutdown, replace_dead_actors, serve_many_nodes
-from fedcls.engine.lifecycle import ServerStopped, StoppableGrid, ray_dies_with_driver, ray_started
+from fedcls.engine.lifecycle import ServerStopped, StoppableGrid, ray_dies_with_driver
 from fedcls.engine.logs import quiet_logs, quiet_warnings
 from fedcls.errors import STOP
 from fedcls.outputs.results import Recorder
@@ -24,13 +27,24 @@ from fedcls.schema import Config
 STOP_WAIT_S = 10.0  # how long a stopped run waits for its ServerApp thread to end
 
 
+def ray_init_kwargs(address: str | None, verbose: bool) -> dict:
+    """ray.init's arguments as Flower's Ray backend passes them (backend_config plus the
+    runtime_env Flower's backend adds), so that a Ray started here is the one Flower would start."""
+    pythonpath = os.pathsep.join(sys.path)  # as Flower's backend does, so that actors import fedcls
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    kwargs = {"include_dashboard": False, "log_to_driver": verbose,
+              "logging_level": logging.INFO if verbose else logging.WARNING,
+              "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
+    return {**kwargs, "address": address} if address else kwargs
+
+
 def backend_config(cfg: Config) -> dict:
     """Ray backend settings: client resources, and the cluster to attach to if any."""
     backend = cfg.backend
-    init_args = early_ray.init_kwargs(backend.ray_address, bool(cfg.verbose))
-    del init_args["runtime_env"]  # Flower's backend sets it, as early_ray.init_kwargs does
-    return {"client_resources": {"num_cpus": backend.num_cpus, "num_gpus": backend.num_gpus},
-            "init_args": init_args}
+    init_args = ray_init_kwargs(backend.ray_address, bool(cfg.verbose))
+    del init_args["runtime_env"]  # Flower's backend sets it, as ray_init_kwargs does
+    return {"client_resources": actor_reserve.client_resources(backend), "init_args": init_args}
 
 
 def simulate(cfg: Config, data: FederatedData, recorder: Recorder, resume: dict | None = None) -> None:
@@ -54,8 +68,6 @@ def _flower_simulation(cfg: Config, data: FederatedData, recorder: Recorder, res
     quiet_logs(cfg.verbose)
     replace_dead_actors()
     serve_many_nodes()  # messages queued in one pass; each node's site known, no roll call
-    if early_ray.wait():  # started by fedcls.simulate while this process imported and built data
-        recorder.progress.phase("ray", f"{ray_started(cfg.backend.ray_address)}; the sites' actors are warming up")
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
@@ -110,14 +122,12 @@ def shared_ray(address: str | None = None, verbose: bool = False, first: Config 
 
     ray_dies_with_driver(address)
     with quiet_warnings(verbose):
-        ray.init(**early_ray.init_kwargs(address, verbose))
+        ray.init(**ray_init_kwargs(address, verbose))
     raybackend.ray = RayWithoutShutdown(ray)
     try:
         with actor_reserve.keeping():
-            if first is not None and first.backend.executor == "clientapp":
-                resources = {"num_cpus": first.backend.num_cpus, "num_gpus": first.backend.num_gpus}
-                with contextlib.suppress(ValueError):  # no actor fits: each run's pool says so
-                    actor_reserve.warm(resources, cfg=first)
+            if first is not None:
+                actor_reserve.warm(first)
             yield
     finally:
         raybackend.ray = ray
