@@ -13,6 +13,7 @@ from fedcls.apps.federation import (
     aggregate_with_spread,
     build_strategy,
     check_roster,
+    sample_nodes_privately,
 )
 from fedcls.config import compose
 from fedcls.errors import ConfigError
@@ -77,7 +78,7 @@ def test_site_ordered_grid_makes_sampling_and_replies_follow_site_order(monkeypa
     strategy = FedAvg(fraction_train=0.67, min_available_nodes=3)
     picks = []
     for _ in range(2):
-        random.seed("0-1")
+        sample_nodes_privately("0-1")
         picks.append([m.metadata.dst_node_id for m in
                       strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)])
     assert picks[0] == picks[1] and len(picks[0]) == 2
@@ -86,6 +87,27 @@ def test_site_ordered_grid_makes_sampling_and_replies_follow_site_order(monkeypa
     replies = grid.send_and_receive(messages)
     sites = [site_of_node[r.metadata.src_node_id] for r in replies]
     assert sites == sorted(sites)
+
+
+def test_draws_from_the_global_random_do_not_change_which_sites_are_sampled(monkeypatch):
+    """Ray's init draws from `random` in another thread while round 1 runs; the sites sampled to
+    evaluate must not depend on how many draws fall between the train and evaluate sampling."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+    grid = SiteOrderedGrid(FakeGrid(list(range(10, 30))), {n: n - 10 for n in range(10, 30)})
+    strategy = FedAvg(fraction_train=0.5, fraction_evaluate=0.25, min_available_nodes=1)
+
+    def sampled(draws_between: int) -> tuple[list[int], list[int]]:
+        sample_nodes_privately("0-1")
+        train = [m.metadata.dst_node_id for m in strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)]
+        [random.random() for _ in range(draws_between)]
+        evaluate = strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid)
+        return train, [m.metadata.dst_node_id for m in evaluate]
+
+    assert sampled(0) == sampled(57) == sampled(1)
+    assert sampled(0)[1] != sampled(0)[0][:5]  # evaluation draws its own sites, after training's
 
 
 def row(rnd, acc, failures=()):

@@ -42,6 +42,20 @@ QUERY_TIMEOUT_S = 600.0
 PER_CLIENT = ("site", "participations", "experience",  # train metrics that make no sense averaged
               "dp-epsilon", "dp-noise-multiplier", "dp-steps")  # DP-SGD's per site: the row's `privacy` has them
 COUNTS = ("num-steps",)  # train metrics that count: the round's total (an integer), not a weighted mean
+NODE_SAMPLING = random.Random()  # Flower's node sampling draws from this generator alone (sample_nodes_privately)
+
+
+def sample_nodes_privately(seed: str) -> None:
+    """Seed Flower's node sampling with `seed`, on a generator no other code draws from.
+
+    Flower's strategies sample with the module-level ``random`` (strategy_utils.sample_nodes), and
+    other threads of the driver draw from it too: Ray's ``init`` runs in the simulation's main
+    thread while round 1 already runs in the ServerApp's, and changed which sites evaluated in
+    round 1 from run to run. Written by hand: Flower takes no generator for its sampling."""
+    from flwr.serverapp.strategy import strategy_utils
+
+    strategy_utils.random = NODE_SAMPLING  # the module's `random.sample` now means ours
+    NODE_SAMPLING.seed(seed)
 
 
 def aggregate_with_spread(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -87,7 +101,7 @@ def build_strategy(cfg: Config) -> Strategy:
 
 class SiteOrderedGrid:
     """A Grid whose node ids and replies come in site order, so that seeded sampling (Flower
-    samples with the global ``random`` over ``get_node_ids()``) and the order of aggregation --
+    samples over ``get_node_ids()``: sample_nodes_privately) and the order of aggregation --
     hence every float -- are the same in every run, whatever node ids the run drew."""
 
     def __init__(self, grid: Grid, site_of_node: dict[int, int], on_replies: Callable[[int], None] | None = None):
@@ -313,7 +327,7 @@ def _round(grid: SiteOrderedGrid, cfg: Config, rnd: int, arrays: ArrayRecord, st
            timeout: float | None) -> ArrayRecord:
     """One round: train (with injected faults screened), aggregate, evaluate, record."""
     started, started_at = time.perf_counter(), time.time()
-    random.seed(f"{cfg.seed}-{rnd}")  # Flower's node sampling draws from `random`
+    sample_nodes_privately(f"{cfg.seed}-{rnd}")
     for ext in extensions:
         ext.before_train(rnd, arrays, grid, ConfigRecord({CONFIG_KEY: payload}))
     grid.active_sites = _train_sites(extensions, rnd)
