@@ -18,16 +18,16 @@ def _require(ok: bool, message: str) -> None:
 def check_names(cfg: Config) -> None:
     """Names found in registries of the layers below (the schema checks its own fixed choices)."""
     from fedcls.algorithms.models import MODELS, NORMS
+    from fedcls.data.catalog import source_spec
     from fedcls.data.federated import NORMALIZE
-    from fedcls.data.partition import KINDS
-    from fedcls.data.sources import SOURCES
+    from fedcls.data.partition import check_kind
 
+    source_spec(cfg.dataset)
+    check_kind(cfg.partition.kind)
     for kind, value, valid, key in (
-            ("dataset", cfg.dataset, list(SOURCES), "dataset"),
             ("model", cfg.model.name, list(MODELS), "model"),
             ("normalisation", cfg.model.norm, list(NORMS), "model.norm"),
-            ("input normalisation", cfg.data.normalize, list(NORMALIZE), "data.normalize"),
-            ("partition kind", cfg.partition.kind, list(KINDS), "partition.kind")):
+            ("input normalisation", cfg.data.normalize, list(NORMALIZE), "data.normalize")):
         if value not in valid:
             raise unknown_name(kind, value, valid, key=key)
 
@@ -138,9 +138,9 @@ def check_secagg(cfg: Config, weighted_mean: bool) -> None:
 
 def check_fits_data(cfg: Config) -> None:
     """Class counts and sizes the dataset can satisfy (known without loading it)."""
-    from fedcls.data.sources import SOURCES
+    from fedcls.data.catalog import source_spec
 
-    spec, part, n = SOURCES[cfg.dataset], cfg.partition, cfg.num_clients
+    spec, part, n = source_spec(cfg.dataset), cfg.partition, cfg.num_clients
     classes, pool = spec.num_classes(cfg.data), spec.train_size(cfg.data)
     _require(part.kind != "label_k" or part.k <= classes,
              f"partition.k={part.k} is above the {classes} classes of {cfg.dataset}")
@@ -186,12 +186,12 @@ def check_continual(cfg: Config) -> None:
 
 
 def _check_stream(cfg: Config) -> None:
+    from fedcls.data.catalog import source_spec
     from fedcls.data.domains import check_domain
-    from fedcls.data.sources import SOURCES
 
     c = cfg.continual
     if c.kind == "class_incremental":
-        classes = SOURCES[cfg.dataset].num_classes(cfg.data)
+        classes = source_spec(cfg.dataset).num_classes(cfg.data)
         _require(c.experiences <= classes, f"continual.experiences={c.experiences} is more "
                  f"than the {classes} classes of {cfg.dataset} can split into")
     else:
@@ -204,8 +204,8 @@ def _check_stream(cfg: Config) -> None:
 
 def check_domain_section(cfg: Config) -> None:
     """Site domains, targets, the target dataset and CORAL's settings."""
+    from fedcls.data.catalog import source_spec
     from fedcls.data.domains import check_domain
-    from fedcls.data.sources import SOURCES
 
     d, c, n = cfg.domain, cfg.coral, cfg.num_clients
     for i, spec in enumerate(d.sites):
@@ -215,10 +215,9 @@ def check_domain_section(cfg: Config) -> None:
              f"domain.targets={targets} must be site ids in 0..{n - 1}")
     _require(len(set(targets)) < n, "domain.targets names every site: leave at least one source site to train")
     if d.target_dataset is not None:
-        if d.target_dataset not in SOURCES:
-            raise unknown_name("dataset", d.target_dataset, list(SOURCES), key="domain.target_dataset")
+        target = source_spec(d.target_dataset, key="domain.target_dataset")
         _require(bool(targets), "domain.target_dataset needs target sites to hold it: set domain.targets, e.g. [4]")
-        _require(SOURCES[d.target_dataset].num_classes(cfg.data) == SOURCES[cfg.dataset].num_classes(cfg.data),
+        _require(target.num_classes(cfg.data) == source_spec(cfg.dataset).num_classes(cfg.data),
                  f"domain.target_dataset={d.target_dataset} has other classes than dataset={cfg.dataset}")
     _require(c.align == "none" or bool(targets),
              "coral.align=recolour re-colours target sites' features: set domain.targets=[...]")

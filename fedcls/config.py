@@ -209,7 +209,8 @@ def _set(cfg: dict, dotted: str, value: Any) -> None:
         if not isinstance(node.get(part), dict):
             raise _unknown_key(".".join(parents[: i + 1]), cfg)
         node = node[part]
-    free = parents[:1] == ["strategy"]  # strategy params are checked against the strategy later
+    # strategy params are checked against the strategy later, a Flower partitioner's arguments by it
+    free = parents[:1] == ["strategy"] or parents == ["partition", "args"]
     if leaf not in node and not free:
         raise _unknown_key(dotted, cfg)
     if isinstance(node.get(leaf), dict) and not isinstance(value, dict):

@@ -34,7 +34,7 @@ def _strategy_lines(name: str) -> list[str]:
 def help_text(usage: str) -> str:
     """`usage` (the simulate command's docstring), then scenarios, strategies, datasets, models and config keys."""
     from fedcls.algorithms.models import MODELS
-    from fedcls.data.sources import SOURCES
+    from fedcls.data.catalog import dataset_names
 
     lines = [usage.strip(), "",
              "Scenarios (scenario=NAME, files in scenarios/; or scenario_file=path/to/file.yaml):"]
@@ -42,7 +42,7 @@ def help_text(usage: str) -> str:
     lines += ["", "Strategies (strategy=NAME, then strategy.<param>=value):"]
     for name in strategies.names():
         lines += _strategy_lines(name)
-    lines += ["", f"Datasets (dataset=NAME): {', '.join(SOURCES)}",
+    lines += ["", f"Datasets (dataset=NAME): {', '.join(dataset_names())}",
               f"Models (model=NAME): {', '.join(MODELS)}", "",
               "Config keys and their defaults (override any with key=value, nested a.b=c):", ""]
     lines += ["  " + line for line in schema_text()]

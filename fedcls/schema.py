@@ -49,12 +49,17 @@ class StrategyConfig:
 
 @dataclass
 class PartitionConfig:
-    kind: str = opt("iid", "iid | dirichlet | label_k | shards | quantity | noise")
+    kind: str = opt("iid", "iid | dirichlet | label_k | shards | quantity | noise (NIID-Bench's) | natural (the "
+                    "sites a dataset's id column names) | flwr:<Partitioner> (Flower Datasets', e.g. "
+                    "flwr:DirichletPartitioner)")
     alpha: float = opt(0.5, "dirichlet and quantity: concentration; smaller = more skewed", gt=0)
     k: int = opt(2, "label_k: labels per site (#C=k)", ge=1)
     shards_per_client: int = opt(2, "shards: label-sorted shards per site (McMahan et al. 2017)", ge=1)
     sigma: float = opt(0.1, "noise: site i gets Gaussian feature noise of std sigma*i/(n-1)", ge=0)
     min_size: int = opt(10, "dirichlet and quantity: redraw until every site has this many samples", ge=1)
+    id_column: str | None = opt(None, "natural: the column naming each sample's site (writer, hospital, device)")
+    args: dict = opt({}, "flwr:<Partitioner>: its arguments, e.g. partition.args.alpha=0.3 (num_partitions, "
+                     "partition_by=label and seed default to num_clients, the class and the run's seed)")
 
 
 @dataclass
@@ -63,6 +68,16 @@ class SyntheticConfig:
     num_classes: int = opt(10, "classes", ge=1)
     channels: int = opt(1, "image channels", ge=1)
     image_size: int = opt(28, "image side in pixels", ge=1)
+
+
+@dataclass
+class HFConfig:
+    image_column: str = opt("image", "the column holding the images (an Image feature, or pixel arrays)")
+    label_column: str = opt("label", "the column holding each image's class (ClassLabel, integers or strings)")
+    train_split: str = opt("train", "the split the sites share")
+    test_split: str | None = opt("test", "the server's test split; null, or a dataset without one: "
+                                 "data.test_fraction of train_split is held out")
+    subset: str | None = opt(None, "the dataset's configuration (load_dataset's name argument)")
 
 
 @dataclass
@@ -81,10 +96,13 @@ class DataConfig:
                               choices=("full", "mnist"))
     image_folder: str | None = opt(None, "dataset=imagefolder: folder with train/<class>/<image> "
                                    "(+ test/<class>/...)")
-    image_size: int = opt(0, "dataset=imagefolder: resize images to this size (0: the first image's)", ge=0,
+    image_size: int = opt(0, "imagefolder and hf: resize images to this size (0: the first image's); "
+                          "medmnist: which of its files, 28 | 64 | 128 | 224 (0: 28)", ge=0,
                           le=1024, hint="pixels a side; 0: the first image's")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig,
                                        metadata={"help": "dataset=synthetic: Gaussian class clusters"})
+    hf: HFConfig = field(default_factory=HFConfig, metadata={
+        "help": "dataset=hf:<Hugging Face name or local folder>: columns and splits"})
 
 
 @dataclass
@@ -256,7 +274,8 @@ class Config:
     scenario: str | None = opt(None, "scenarios/<name>.yaml merged over these defaults (a name, not a path)")
     scenario_file: str | None = opt(None, "a scenario YAML file of your own, merged like scenario=NAME")
     dataset: str = opt("mnist5k", "mnist5k | digits | synthetic | mnist | fashion_mnist | cifar10 | cifar100 | "
-                       "svhn | usps | imagefolder")
+                       "svhn | usps | imagefolder | medmnist:<flag> (e.g. medmnist:pathmnist) | "
+                       "hf:<Hugging Face name or local folder>")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the shared classifier"})
     strategy: StrategyConfig = field(default_factory=StrategyConfig, metadata={"help": "the aggregation strategy"})
     num_clients: int = opt(10, "simulated sites (Flower SuperNodes)", ge=1)

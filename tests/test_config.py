@@ -12,6 +12,8 @@ def test_every_scenario_file_composes_and_validates(name):
     assert cfg.scenario == name
     if name in ("digits_shift", "digits_shift_framed", "hospitals"):
         assert cfg.domain.targets == [4] and cfg.partition.kind == "iid"
+    elif name == "medmnist_hospitals":  # composes without its file: checks use MedMNIST's own counts
+        assert (cfg.dataset, cfg.domain.targets, cfg.partition.kind) == ("medmnist:pathmnist", [5], "dirichlet")
     elif name.startswith("continual_"):
         kinds = {"continual_classes": "class_incremental", "continual_domains": "domain_incremental"}
         assert cfg.continual.kind == kinds[name]

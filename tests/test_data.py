@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fedcls.config import compose
+from fedcls.data.catalog import load_dataset
 from fedcls.data.federated import build_federated_data, federated_data, site_tensors
-from fedcls.data.sources import load_dataset
 from fedcls.errors import DataError
 
 
@@ -95,7 +95,7 @@ def write_pngs(root, images, labels, names):
 
 def test_imagefolder_dataset_reads_your_own_images(tmp_path):
     from fedcls.config import compose
-    from fedcls.data.sources import load_dataset
+    from fedcls.data.catalog import load_dataset
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (60, 1, 12, 12), generator=gen, dtype=torch.uint8)

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from fedcls.caching import BoundedCache
+from fedcls.data.catalog import load_dataset
 from fedcls.data.domains import domain_view, site_domain
 from fedcls.data.partition import Partition, make_partition
-from fedcls.data.sources import Dataset, load_dataset
+from fedcls.data.sources import Dataset
 from fedcls.schema import Config
 
 DATA_KEYS = ("dataset", "data", "partition", "num_clients", "seed", "domain")
@@ -83,7 +84,7 @@ def build_federated_data(cfg: Config) -> FederatedData:
     foreign = set(d.targets) if d.target_dataset else set()
     holders = [s for s in range(n) if s not in foreign]
     labels = dataset.train_y.numpy()
-    partition = make_partition(labels, len(holders), cfg.partition, cfg.seed)
+    partition = make_partition(labels, len(holders), cfg.partition, cfg.seed, dataset.columns)
     target = with_input_units(load_dataset(d.target_dataset, cfg.data), units) if foreign else None
     shares = dict(zip(holders, zip(partition.indices, partition.noise_std)))
     if foreign:

@@ -3,8 +3,9 @@ Data Silos: An Experimental Study", ICDE 2022, Sec. III and their partition code
 
 Each function maps training labels to one index array per client, using only the numpy
 Generator it is given, so a partition depends on the seed alone (not on training). Written by
-hand: Flower Datasets has similar partitioners but works on Hugging Face datasets and draws
-differently from NIID-Bench, whose definitions the reference numbers use.
+hand: Flower Datasets has similar partitioners but draws differently from NIID-Bench, whose
+definitions the reference numbers use; its own partitioners are partition.kind=flwr:<Name>
+(fedcls.data.flower_partitions).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedcls.errors import ConfigError
+from fedcls.data.flower_partitions import PREFIX, flower_partition, natural_partition, partitioner_class
+from fedcls.errors import ConfigError, unknown_name
 from fedcls.schema import PartitionConfig
 
 MAX_REDRAWS = 1000
@@ -25,6 +27,7 @@ class Partition:
 
     indices: list[np.ndarray]
     noise_std: list[float]
+    names: list[str] | None = None  # partition.kind=natural: the id each site holds (writer, hospital)
 
     def class_counts(self, labels: np.ndarray, num_classes: int) -> np.ndarray:
         """clients x classes matrix of sample counts."""
@@ -105,17 +108,33 @@ def quantity(labels: np.ndarray, n: int, rng: np.random.Generator, alpha: float,
         f"or raise partition.alpha")
 
 
-KINDS = ("iid", "dirichlet", "label_k", "shards", "quantity", "noise")
+KINDS = ("iid", "dirichlet", "label_k", "shards", "quantity", "noise", "natural")  # and flwr:<Partitioner>
 
 
-def make_partition(labels: np.ndarray, n: int, spec: PartitionConfig, seed: int) -> Partition:
-    """Partition `labels` over n clients as `spec` (the config's partition section) says.
+def check_kind(kind: str) -> None:
+    """ConfigError unless `kind` is one of KINDS or flwr:<a Flower Datasets partitioner>."""
+    if kind.startswith(PREFIX):
+        partitioner_class(kind)
+    elif kind not in KINDS:
+        raise unknown_name("partition kind", kind, [*KINDS, f"{PREFIX}<Partitioner>"], key="partition.kind")
 
-    The generator is seeded by (seed, a fixed stream id), apart from the training RNGs.
+
+def make_partition(labels: np.ndarray, n: int, spec: PartitionConfig, seed: int,
+                   columns: dict[str, np.ndarray] | None = None) -> Partition:
+    """Partition `labels` over n clients as `spec` (the config's partition section) says;
+    `columns`: the pool's other columns (partition.kind=natural reads its id column there).
+
+    The generator is seeded by (seed, a fixed stream id), apart from the training RNGs; Flower's
+    partitioners take the seed itself (partition.args.seed overrides it).
     """
     rng = np.random.default_rng([seed, 0xDA7A])
     kind = spec.kind
-    if kind == "dirichlet":
+    if kind.startswith(PREFIX):
+        parts = flower_partition(kind, spec.args, labels, columns or {}, n, seed)
+    elif kind == "natural":
+        parts, names = natural_partition(spec.id_column, labels, columns or {}, n)
+        return Partition(parts, [0.0] * n, names)
+    elif kind == "dirichlet":
         parts = dirichlet(labels, n, rng, spec.alpha, spec.min_size)
     elif kind == "label_k":
         parts = label_k(labels, n, rng, spec.k)

@@ -10,7 +10,7 @@ From ``data.root`` via torchvision: mnist, fashion_mnist, cifar10, cifar100, svh
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +35,7 @@ class Dataset:
     std: torch.Tensor
     scale: float = 255.0
     classes: list[str] | None = None  # class names; None: "0", "1", ...
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # the train pool's other columns (hf: sources)
 
     @property
     def class_names(self) -> list[str]:
@@ -64,16 +65,20 @@ def _held_out(total: int) -> Callable[[DataConfig], int]:
     return lambda data: total - int(round(total * data.test_fraction))
 
 
+def held_out_split(y: np.ndarray, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices: data.test_fraction of each class held out, fixed by data.split_seed."""
+    rng = np.random.default_rng(data.split_seed)
+    idx_test = np.sort(np.concatenate([
+        idx[: int(round(len(idx) * data.test_fraction))]
+        for idx in (rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y))] or [np.zeros(0, np.int64)]))
+    return np.setdiff1d(np.arange(len(y)), idx_test), idx_test
+
+
 def _split(name: str, x: torch.Tensor, y: np.ndarray, num_classes: int, data: DataConfig,
            scale: float = 255.0, classes: list[str] | None = None) -> Dataset:
     """Stratified global train/test split, fixed by data.split_seed. (By hand rather than
     scikit-learn's train_test_split: importing scikit-learn costs ~2 s in every Ray actor.)"""
-    rng = np.random.default_rng(data.split_seed)
-    fraction = data.test_fraction
-    idx_test = np.sort(np.concatenate([
-        idx[: int(round(len(idx) * fraction))]
-        for idx in (rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y))]))
-    idx_train = np.setdiff1d(np.arange(len(y)), idx_test)
+    idx_train, idx_test = held_out_split(y, data)
     y_t = torch.as_tensor(y, dtype=torch.long)
     return _dataset(name, x[idx_train], y_t[idx_train], x[idx_test], y_t[idx_test],
                     num_classes, scale, classes)
@@ -310,8 +315,3 @@ SOURCES: dict[str, SourceSpec] = {
        for name, (_, k, n, _) in TORCHVISION.items()},
     "imagefolder": SourceSpec(_image_folder_classes, _image_folder_train_size, load_image_folder),
 }
-
-
-def load_dataset(name: str, data: DataConfig) -> Dataset:
-    """Dataset `name` as tensors, read as the data section says."""
-    return SOURCES[name].load(data)

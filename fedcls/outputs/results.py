@@ -127,6 +127,7 @@ class Recorder:
         self.command = command or " ".join(sys.argv)
         self.rows: list[dict] = []
         self.partition_counts: list[list[int]] = []
+        self.site_names: list[str] | None = None  # a natural partition's id per site
         self.extras: dict = {}  # summary keys from server extensions (continual metrics, ...)
         self.error_file: str | None = None  # ERROR_FILE once the run failed
         self.status: str | None = None  # as finish() left it
@@ -144,6 +145,7 @@ class Recorder:
         """Note the partition (clients x classes counts) once the data is built."""
         labels = data.dataset.train_y.numpy()
         self.partition_counts = data.partition.class_counts(labels, data.dataset.num_classes).tolist()
+        self.site_names = data.partition.names
 
     def round(self, rnd: int, metrics: dict) -> None:
         row = {"round": rnd, **metrics, "elapsed": time.time() - self.started}
@@ -189,7 +191,8 @@ class Recorder:
             "scenario": self.cfg.scenario or self.cfg.scenario_file, "strategy": self.cfg.strategy.name,
             "dataset": self.cfg.dataset, "model": self.cfg.model.name,
             "num_clients": self.cfg.num_clients, "partition": self.cfg.partition.kind,
-            "partition_counts": self.partition_counts, "bytes": total_bytes(self.rows),
+            "partition_counts": self.partition_counts, **({"site_names": self.site_names} if self.site_names else {}),
+            "bytes": total_bytes(self.rows),
             "versions": versions(), "command": self.command, **self.extras,
             **({"error_file": self.error_file} if self.error_file and status != "completed" else {}),
             **({"client_errors": CLIENT_ERRORS_FILE} if (self.run_dir / CLIENT_ERRORS_FILE).exists() else {}),
