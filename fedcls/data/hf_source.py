@@ -10,6 +10,7 @@ scalar columns (writer, hospital, device ids) travel along for ``partition.kind=
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -48,6 +49,22 @@ def cache_path(name: str, data: DataConfig) -> Path:
     return Path(data.root).expanduser() / "hf" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """With data.download=false, the Hub is not asked (the HF cache or a local folder only): its
+    client otherwise retries for ~25 s before an offline machine's error."""
+    import datasets
+    import huggingface_hub
+
+    saved = huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    if offline:
+        huggingface_hub.constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        huggingface_hub.constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
 def _open(name: str, data: DataConfig):
     """The dataset's splits ({split: datasets.Dataset}), or a DataError naming the fix."""
     import datasets
@@ -55,22 +72,25 @@ def _open(name: str, data: DataConfig):
     datasets.disable_progress_bars()
     path, subset = _local(name), data.hf.subset
     try:
-        if path is not None and path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json",
-                                                                                      "state.json")):
-            loaded = datasets.load_from_disk(str(path))
-        elif path is not None:  # its Arrow cache next to fedcls's arrays, not in the user's HF cache
-            loaded = datasets.load_dataset(str(path), subset, cache_dir=str(cache_path(name, data).parent / "arrow"))
-        else:
-            loaded = datasets.load_dataset(name, subset)
+        with _hub_offline(not data.download):
+            loaded = _load(datasets, name, path, subset, data)
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:
         where = (f"the folder {path} holds no dataset load_dataset reads (parquet, arrow, csv files or "
                  f"save_to_disk output)" if path is not None else
                  f"'{name}' is neither a local folder nor in the Hugging Face cache, and the Hub could not be "
-                 f"reached. On a machine with network run: python -c \"import datasets; "
-                 f"datasets.load_dataset('{name}'{', ' + repr(subset) if subset else ''})\" (it fills "
-                 f"~/.cache/huggingface), or save it with .save_to_disk(<folder>) and set dataset=hf:<folder>")
+                 f"reached{' (data.download=false)' if not data.download else ''}. On a machine with network run: "
+                 f"python -c \"import datasets; datasets.load_dataset('{name}'{', ' + repr(subset) if subset else ''})\" "
+                 f"(it fills ~/.cache/huggingface), or save it with .save_to_disk(<folder>) and set dataset=hf:<folder>")
         raise DataError(f"dataset=hf:{name}: {where} ({type(err).__name__}: {str(err)[:200]})") from None
     return loaded if isinstance(loaded, dict) else {"train": loaded}
+
+
+def _load(datasets, name: str, path: Path | None, subset: str | None, data: DataConfig):
+    if path is not None and path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "state.json")):
+        return datasets.load_from_disk(str(path))
+    if path is not None:  # its Arrow cache next to fedcls's arrays, not in the user's HF cache
+        return datasets.load_dataset(str(path), subset, cache_dir=str(cache_path(name, data).parent / "arrow"))
+    return datasets.load_dataset(name, subset)
 
 
 def _column(split, column: str, key: str, name: str):
