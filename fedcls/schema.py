@@ -302,6 +302,8 @@ class Config:
     output_dir: str = opt("results/runs", "the run folder <output_dir>/<run_id>/ is created under it")
     run_id: str | None = opt(None, "default: <time>-<scenario>-<strategy>-s<seed>")
     save_model: bool = opt(True, "write model.pt at the end")
+    plots: str = opt("png+pdf", "a run's own figures in plots/: png+pdf | png | none (a sweep's runs default to "
+                     "png: the study's report draws its own PDFs)", choices=("png+pdf", "png", "none"))
     checkpoint_every: int = opt(1, "rounds between checkpoints (resume=<run folder> continues); 0: none", ge=0,
                                 hint="0: none")
     faults: FaultsConfig = field(default_factory=FaultsConfig, metadata={

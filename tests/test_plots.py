@@ -121,3 +121,24 @@ def test_continual_figures_mask_unseen_experiences_and_name_their_classes(figure
     assert [t.get_text() for t in matrix_fig.axes[0].get_xticklabels()][0] == "exp 1\nclasses 6, 8"
     third = next(line for line in rounds_fig.axes[0].lines if line.get_label() == names[2])
     assert np.isnan(third.get_ydata()[:2]).all() and third.get_ydata()[2] == 0.7  # drawn from round 3 on
+
+
+def test_a_runs_plots_key_picks_the_files_its_figures_become(tmp_path):
+    from fedcls.outputs.results import Recorder
+    from fedcls.studies.sweep import point_config
+
+    rows = [{"round": 1, "accuracy": 0.5, "loss": 1.0, "train": {}, "clients": {}, "sampled": 2, "failures": [],
+             "seconds": 1.0, "started_at": 0.0}]
+    made = {}
+    for kind in ("png+pdf", "png", "none"):
+        recorder = Recorder(tmp_path / kind, compose(["num_clients=2", f"plots={kind}"]), echo=lambda line: None)
+        recorder.rows, recorder.partition_counts = rows, [[3, 1], [0, 4]]
+        recorder.finish()
+        plots_dir = tmp_path / kind / "plots"
+        made[kind] = sorted(p.name for p in plots_dir.iterdir()) if plots_dir.exists() else []
+    assert made == {"png+pdf": ["accuracy.pdf", "accuracy.png", "partition.pdf", "partition.png"],
+                    "png": ["accuracy.png", "partition.png"], "none": []}
+    # a sweep's runs draw PNGs (their study's report draws the PDFs) unless the command says otherwise
+    assert point_config([], ["seed=0"], tmp_path).plots == "png"
+    assert point_config(["plots=png+pdf"], ["seed=0"], tmp_path).plots == "png+pdf"
+    assert compose([]).plots == "png+pdf"

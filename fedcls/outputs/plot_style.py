@@ -5,6 +5,7 @@ methods apart, titles that name dataset, partition, strategy and budget."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from pathlib import Path
 
 import matplotlib
@@ -27,11 +28,27 @@ def style():
         yield
 
 
+_FORMATS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("formats", default=("png", "pdf"))
+
+
+@contextlib.contextmanager
+def file_formats(kinds: tuple[str, ...]):
+    """Within: save() writes only these of png and pdf (a run's `plots` key)."""
+    token = _FORMATS.set(tuple(kinds))
+    try:
+        yield
+    finally:
+        _FORMATS.reset(token)
+
+
 def save(fig, path: Path) -> None:
-    """`path` as PNG (for the README and a quick look) and PDF (vector, for a paper); closes `fig`."""
+    """`path` as PNG (for the README and a quick look) and PDF (vector, for a paper), or what
+    file_formats allows; closes `fig`. The PDF costs as much again as the PNG (~1 s a run)."""
     path = Path(path)
-    fig.savefig(path.with_suffix(".png"), dpi=150)
-    fig.savefig(path.with_suffix(".pdf"), metadata={"CreationDate": None})  # same figure, same bytes (git)
+    if "png" in _FORMATS.get():
+        fig.savefig(path.with_suffix(".png"), dpi=150)
+    if "pdf" in _FORMATS.get():
+        fig.savefig(path.with_suffix(".pdf"), metadata={"CreationDate": None})  # same figure, same bytes (git)
     plt.close(fig)
 
 

@@ -217,9 +217,12 @@ class Recorder:
             import torch
 
             torch.save(state_dict, self.run_dir / "model.pt")
-        from fedcls.outputs.plots import plot_run
+        if self.cfg.plots != "none":
+            from fedcls.outputs.plot_style import file_formats
+            from fedcls.outputs.plots import plot_run
 
-        plot_run(self.rows, self.partition_counts, self.run_dir / "plots", self.cfg.to_dict(), self.extras)
+            with file_formats(tuple(self.cfg.plots.split("+"))):
+                plot_run(self.rows, self.partition_counts, self.run_dir / "plots", self.cfg.to_dict(), self.extras)
         return summary
 
 

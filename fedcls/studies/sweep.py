@@ -92,11 +92,14 @@ def refuse_collisions(common: list[str], points: list[list[str]], runs_dir: Path
             "strategy=choice(fedyogi), or use another study name")
 
 
+RUN_PLOTS = "plots=png"  # a run's own figures in a sweep (plots=png+pdf on the command line adds PDFs)
+
+
 def point_config(common: list[str], point: list[str], runs_dir: Path) -> Config:
     """A grid point's composed config, its run folder named by the point."""
     from fedcls.config import compose
 
-    return compose([*common, *point, f"output_dir={runs_dir}", f"run_id={run_id_of(point)}"])
+    return compose([RUN_PLOTS, *common, *point, f"output_dir={runs_dir}", f"run_id={run_id_of(point)}"])
 
 
 def run_point(cfg: Config, runs_dir: Path, progress=None) -> tuple[str, dict]:
