@@ -203,3 +203,26 @@ def test_real_mnist_images_through_the_hf_path_equal_the_built_in_source(tmp_pat
     ours = build_federated_data(builtin)
     assert via_hf.dataset.train_x.equal(ours.dataset.train_x) and via_hf.dataset.test_y.equal(ours.dataset.test_y)
     assert all(np.array_equal(a, b) for a, b in zip(via_hf.partition.indices, ours.partition.indices))
+
+
+def test_a_save_to_disk_folder_with_plain_labels_and_missing_ids_is_read_and_cached(tmp_path, monkeypatch):
+    """load_from_disk's layout; integer labels (no ClassLabel) become sorted classes; an id column
+    with missing values is kept as text, so the .npz cache reads back without pickling."""
+    import datasets
+
+    rng = np.random.default_rng(1)
+    labels = rng.choice([3, 7, 9], size=60)
+    from data_fixtures import class_images
+
+    table = datasets.Dataset.from_dict({"pixels": class_images(labels, 12, 1, rng).tolist(), "digit": labels.tolist(),
+                                        "device": [None if i % 5 == 0 else f"cam{i % 3}" for i in range(60)]})
+    table.save_to_disk(str(tmp_path / "saved"))
+    cfg = hf_cfg(tmp_path / "saved", tmp_path, "data.hf.image_column=pixels", "data.hf.label_column=digit",
+                 "num_clients=2")
+    ds = load_dataset(cfg.dataset, cfg.data)
+    assert ds.class_names == ["3", "7", "9"] and ds.shape == (1, 12, 12)
+    assert len(ds.train_y) + len(ds.test_y) == 60  # no test split: a share held out
+    assert sorted(set(ds.columns["device"].tolist())) == ["None", "cam0", "cam1", "cam2"]
+    hf_source._LOADED.clear()
+    monkeypatch.setattr(hf_source, "convert", lambda *a: pytest.fail("converted again instead of read from .npz"))
+    assert load_dataset(cfg.dataset, cfg.data).train_x.equal(ds.train_x)

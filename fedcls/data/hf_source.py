@@ -142,7 +142,8 @@ def _as_image(value):
 def _images(split, column: str, shape: tuple[int, int, int]) -> torch.Tensor:
     channels, height, width = shape
     out = np.zeros((len(split), height, width, channels), dtype=np.uint8)
-    for i, value in enumerate(split[column]):
+    values = (v for batch in split.select_columns([column]).iter(batch_size=1024) for v in batch[column])
+    for i, value in enumerate(values):  # a batch of decoded images at a time, not the whole split
         img = _as_image(value).convert("L" if channels == 1 else "RGB")
         if img.size != (width, height):  # data.image_size, or the first image's size
             img = img.resize((width, height))
@@ -154,8 +155,10 @@ def _scalar_columns(split, skip: set[str]) -> dict[str, np.ndarray]:
     """The split's scalar columns (ids, names, numbers) besides the image and label."""
     import datasets
 
-    return {c: np.asarray(split[c]) for c, f in split.features.items()
-            if c not in skip and isinstance(f, (datasets.Value, datasets.ClassLabel))}
+    columns = {c: np.asarray(split[c]) for c, f in split.features.items()
+               if c not in skip and isinstance(f, (datasets.Value, datasets.ClassLabel))}
+    # missing values make object arrays, which .npz keeps only by pickling: as text instead
+    return {c: v.astype(str) if v.dtype == object else v for c, v in columns.items()}
 
 
 def convert(name: str, data: DataConfig) -> dict[str, np.ndarray]:
