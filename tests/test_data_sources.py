@@ -226,3 +226,20 @@ def test_a_save_to_disk_folder_with_plain_labels_and_missing_ids_is_read_and_cac
     hf_source._LOADED.clear()
     monkeypatch.setattr(hf_source, "convert", lambda *a: pytest.fail("converted again instead of read from .npz"))
     assert load_dataset(cfg.dataset, cfg.data).train_x.equal(ds.train_x)
+
+
+def test_flowers_split_is_kept_for_the_next_process_and_redone_when_an_argument_changes(hf_folder, tmp_path,
+                                                                                       monkeypatch):
+    from fedcls.data import flower_partitions
+
+    args = ["num_clients=4", "partition.kind=flwr:DirichletPartitioner", "partition.args.alpha=0.5"]
+    first = build_federated_data(hf_cfg(hf_folder, tmp_path, *args)).partition.indices
+    assert len(list((tmp_path / "partitions").glob("*.npz"))) == 1
+    real = flower_partitions.flower_partition
+    monkeypatch.setattr(flower_partitions, "flower_partition", lambda *a: pytest.fail("split again, not read"))
+    again = build_federated_data(hf_cfg(hf_folder, tmp_path, *args)).partition.indices
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    monkeypatch.setattr(flower_partitions, "flower_partition", real)
+    other = build_federated_data(hf_cfg(hf_folder, tmp_path, *args, "partition.args.alpha=5")).partition.indices
+    assert len(list((tmp_path / "partitions").glob("*.npz"))) == 2
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,7 +85,8 @@ def build_federated_data(cfg: Config) -> FederatedData:
     foreign = set(d.targets) if d.target_dataset else set()
     holders = [s for s in range(n) if s not in foreign]
     labels = dataset.train_y.numpy()
-    partition = make_partition(labels, len(holders), cfg.partition, cfg.seed, dataset.columns)
+    partition = make_partition(labels, len(holders), cfg.partition, cfg.seed, dataset.columns,
+                               Path(cfg.data.root).expanduser())
     target = with_input_units(load_dataset(d.target_dataset, cfg.data), units) if foreign else None
     shares = dict(zip(holders, zip(partition.indices, partition.noise_std)))
     if foreign:

@@ -11,10 +11,11 @@ definitions the reference numbers use; its own partitioners are partition.kind=f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from fedcls.data.flower_partitions import PREFIX, flower_partition, natural_partition, partitioner_class
+from fedcls.data.flower_partitions import PREFIX, flower_sites, partitioner_class
 from fedcls.errors import ConfigError, unknown_name
 from fedcls.schema import PartitionConfig
 
@@ -120,21 +121,20 @@ def check_kind(kind: str) -> None:
 
 
 def make_partition(labels: np.ndarray, n: int, spec: PartitionConfig, seed: int,
-                   columns: dict[str, np.ndarray] | None = None) -> Partition:
+                   columns: dict[str, np.ndarray] | None = None, cache_dir: Path | None = None) -> Partition:
     """Partition `labels` over n clients as `spec` (the config's partition section) says;
-    `columns`: the pool's other columns (partition.kind=natural reads its id column there).
+    `columns`: the pool's other columns (partition.kind=natural reads its id column there);
+    `cache_dir`: where Flower's splits are kept for the next process (flower_partitions.flower_sites).
 
     The generator is seeded by (seed, a fixed stream id), apart from the training RNGs; Flower's
     partitioners take the seed itself (partition.args.seed overrides it).
     """
     rng = np.random.default_rng([seed, 0xDA7A])
     kind = spec.kind
-    if kind.startswith(PREFIX):
-        parts = flower_partition(kind, spec.args, labels, columns or {}, n, seed)
-    elif kind == "natural":
-        parts, names = natural_partition(spec.id_column, labels, columns or {}, n)
+    if kind.startswith(PREFIX) or kind == "natural":
+        parts, names = flower_sites(spec, labels, columns or {}, n, seed, cache_dir)
         return Partition(parts, [0.0] * n, names)
-    elif kind == "dirichlet":
+    if kind == "dirichlet":
         parts = dirichlet(labels, n, rng, spec.alpha, spec.min_size)
     elif kind == "label_k":
         parts = label_k(labels, n, rng, spec.k)
