@@ -23,6 +23,7 @@ def flower_patched(monkeypatch):
 
     monkeypatch.setattr(vce_api, "_register_nodes", vce_api._register_nodes)
     monkeypatch.setattr(vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)
+    monkeypatch.setattr(vce_api, "Queue", vce_api.Queue)
     monkeypatch.setattr(InMemoryGrid, "simulated_sites", None, raising=False)  # deleted again after the test
     flower_patches.serve_many_nodes()
     return vce_api
@@ -75,6 +76,26 @@ def test_a_simulations_grid_names_each_nodes_site_so_no_node_is_asked(flower_pat
                                        "(no roll call: round 1 begins)"]
     plain = SimpleNamespace(get_node_ids=grid.get_node_ids)  # a deployment's grid: the roll call
     assert federation.known_sites(plain) is None
+
+
+def test_the_engines_queues_wake_often_enough_to_see_its_stop_event_promptly(flower_patched, monkeypatch):
+    """Flower's workers wait on queue.get(timeout=1.0) between checks of the stop event: each run
+    ended up to a second after its ServerApp. The engine's queues now cap that wait."""
+    import queue
+
+    from fedcls.engine.flower_patches import STOP_POLL_S, PromptQueue
+
+    assert flower_patched.Queue is PromptQueue
+    waits = []
+    plain_get = queue.Queue.get
+    monkeypatch.setattr(queue.Queue, "get", lambda self, block=True, timeout=None: (
+        waits.append(timeout), plain_get(self, block, timeout))[1])
+    q = flower_patched.Queue()
+    q.put("message")
+    assert q.get(timeout=1.0) == "message"  # what is there comes at once
+    with pytest.raises(queue.Empty):
+        q.get(timeout=1.0)  # an empty queue gives up after STOP_POLL_S, as a timeout does
+    assert waits == [STOP_POLL_S, STOP_POLL_S] and STOP_POLL_S < 0.1
 
 
 def test_pending_messages_go_out_one_per_node_per_pass_in_node_order(flower_patched, monkeypatch):
