@@ -1,10 +1,13 @@
 """A bounded per-process cache: a sweep runs many federations in one process (and its Ray
-actors live across runs), so what is cached per config must not grow without end."""
+actors live across runs), so what is cached per config must not grow without end. And arrays
+kept on disk for the next process (``cached_npz``)."""
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import Any
 
 
@@ -23,3 +26,26 @@ class BoundedCache(OrderedDict):
                 self.popitem(last=False)
         self.move_to_end(key)
         return self[key]
+
+
+def cached_npz(path: Path, build: Callable[[], dict], required: tuple[str, ...] = ()) -> dict:
+    """The arrays stored in `path` (.npz) when it holds every `required` one; else `build()`'s,
+    written there for the next process (atomically: a reader never sees half a file; a read-only
+    folder only costs building again). Ray actors read what the driver built once."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if all(key in stored for key in required):
+                return dict(stored)
+    except (OSError, ValueError):
+        pass
+    arrays = build()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return arrays

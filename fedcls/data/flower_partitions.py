@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from fedcls.caching import cached_npz
 from fedcls.errors import ConfigError, unknown_name
 
 PREFIX = "flwr:"
@@ -115,23 +115,16 @@ def flower_sites(spec, labels: np.ndarray, columns: dict[str, np.ndarray], n: in
     config's partition section), kept in an .npz under `cache_dir` for the next process: the driver
     splits once and each Ray actor reads the file instead of importing flwr-datasets and splitting
     again (~3 s each). The file's name hashes the arguments, the labels and the columns."""
-    path = _cache_file(cache_dir, spec, labels, columns, n, seed) if cache_dir is not None else None
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            return [stored[f"site{i}"] for i in range(n)], (stored["names"].tolist() if "names" in stored else None)
-    except (OSError, KeyError, ValueError, TypeError):
-        pass
-    if spec.kind.startswith(PREFIX):
-        parts, names = flower_partition(spec.kind, spec.args, labels, columns, n, seed), None
-    else:
-        parts, names = natural_partition(spec.id_column, labels, columns, n)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, **{f"site{i}": p for i, p in enumerate(parts)},
-                     **({"names": np.array(names, dtype=str)} if names is not None else {}))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only data.root: each process splits again
-    return parts, names
+
+    def split() -> dict[str, np.ndarray]:
+        if spec.kind.startswith(PREFIX):
+            parts, names = flower_partition(spec.kind, spec.args, labels, columns, n, seed), None
+        else:
+            parts, names = natural_partition(spec.id_column, labels, columns, n)
+        return {**{f"site{i}": p for i, p in enumerate(parts)},
+                **({"names": np.array(names, dtype=str)} if names is not None else {})}
+
+    sites = tuple(f"site{i}" for i in range(n))
+    arrays = (split() if cache_dir is None
+              else cached_npz(_cache_file(cache_dir, spec, labels, columns, n, seed), split, sites))
+    return [arrays[s] for s in sites], (arrays["names"].tolist() if "names" in arrays else None)

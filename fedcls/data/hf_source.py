@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fedcls.caching import BoundedCache, cached_npz
 from fedcls.data.sources import MAX_SIDE, Dataset, SourceSpec, _dataset, held_out_split
 from fedcls.errors import ConfigError, DataError
 from fedcls.schema import DataConfig
@@ -191,34 +191,14 @@ def convert(name: str, data: DataConfig) -> dict[str, np.ndarray]:
             "classes": np.array(classes, dtype=str), **{f"column:{c}": v for c, v in columns.items()}}
 
 
-def arrays(name: str, data: DataConfig) -> dict[str, np.ndarray]:
-    """convert()'s arrays, from the .npz cache under data.root when it is there."""
-    path = cache_path(name, data)
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            return dict(stored)
-    except (OSError, KeyError, ValueError):
-        pass
-    converted = convert(name, data)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, **converted)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only data.root only costs the conversion next time
-    return converted
-
-
-_LOADED: dict[str, dict[str, np.ndarray]] = {}  # per process: the checks and the run read it once
+ARRAYS = ("train_x", "train_y", "test_x", "test_y", "classes")
+_LOADED = BoundedCache(size=1)  # per process: the checks and the run read one dataset's arrays once
 
 
 def _arrays(name: str, data: DataConfig) -> dict[str, np.ndarray]:
-    key = str(cache_path(name, data))
-    if key not in _LOADED:
-        _LOADED.clear()  # one dataset's arrays kept at a time
-        _LOADED[key] = arrays(name, data)
-    return _LOADED[key]
+    """convert()'s arrays, from the .npz cache under data.root when it is there."""
+    path = cache_path(name, data)
+    return _LOADED.get_or_build(str(path), lambda: cached_npz(path, lambda: convert(name, data), ARRAYS))
 
 
 def load(name: str, data: DataConfig) -> Dataset:

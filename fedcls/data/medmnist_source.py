@@ -86,7 +86,7 @@ def _splits(flag: str, data: DataConfig):
                         f"downloaded: fetch {url} on a machine with network, put it there (or set "
                         f"data.root=<folder holding it>); data.download=true fetches it where the network allows")
     try:
-        return tuple(cls(split=split, root=str(root), size=size, mmap_mode="r") for split in ("train", "test"))
+        return tuple(cls(split=split, root=str(root), size=size) for split in ("train", "test"))
     except (KeyError, ValueError, OSError) as err:
         raise DataError(f"{path} is not a MedMNIST .npz (train_images, train_labels, test_images, test_labels): "
                         f"{type(err).__name__}: {err}; download it again") from None
@@ -118,7 +118,7 @@ def train_size(flag: str, data: DataConfig) -> int:
     """The train split's size: read from the file when it is there, else MedMNIST's own count."""
     path = _root(data) / file_name(flag, size_of(data))
     try:
-        with np.load(path, mmap_mode="r") as arrays:
+        with np.load(path) as arrays:  # reads the labels alone
             return int(arrays["train_labels"].shape[0])
     except (OSError, KeyError, ValueError):
         return int(check_flag(flag)["n_samples"]["train"])

