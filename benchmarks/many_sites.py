@@ -11,7 +11,7 @@ number of clients a round serves (a round's training differs: the same pool in f
 
 While a run goes, the process tree under it is read every 0.25 s from /proc (psutil): the peak
 resident memory (VmHWM) and the last resident memory (VmRSS) of the driver (the fedcls process:
-data, ServerApp, Flower's engine and link state) and of each Ray actor (Flower's ClientAppActor, or
+data, ServerApp, Flower's engine and link state) and of each Ray actor (fedcls's SiteActor, or
 the cohort executor's CohortWorker); the peaks of Ray's own processes (GCS, raylet, agents) and of
 its idle workers. Printed per run: wall time, seconds from the command to round 1, round 1's
 seconds, the mean seconds of the later rounds, and those memories.
@@ -39,7 +39,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["dataset=synthetic", "data.synthetic.num_samples=60000", "data.synthetic.image_size=16",
         "partition.kind=iid", "local_epochs=1", "batch_size=32", "tracking.tensorboard=false"]
-RAY_ACTORS = ("ray::ClientAppActor", "ray::CohortWorker")
+RAY_ACTORS = ("ray::SiteActor", "ray::CohortWorker")
 
 
 def role(proc: psutil.Process, driver: int) -> str:

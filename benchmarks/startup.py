@@ -13,6 +13,8 @@ what the client actors import, timed in a fresh Python.
 
 The attached start runs ``ray start --head --block`` itself first (and ends it after), as a user
 would (README, "A long-lived Ray"): its own start-up is not counted, as it is paid once per session.
+The last table attaches with ``backend.keep_actors=true`` after one such run (not counted) left its
+client actors warm in that Ray: a researcher's second and later runs of the day.
 """
 
 from __future__ import annotations
@@ -89,11 +91,11 @@ def table(title: str, runs: list[dict[str, float]]) -> None:
           f"{statistics.median(r['cost'] for r in runs):5.1f} s to round 1 done less a steady round (round 2's)")
 
 
-def client_imports() -> float:
-    """Seconds a fresh Python takes to import what a client actor imports."""
-    code = ("import time; t = time.perf_counter(); import ray; "
-            "import flwr.simulation.ray_transport.ray_actor; import fedcls.apps.client_app; "
-            "print(time.perf_counter() - t)")
+def client_imports(actor_module: str) -> float:
+    """Seconds a fresh Python takes to import what a client actor imports, with the actor class
+    from `actor_module`."""
+    code = (f"import time; t = time.perf_counter(); import ray; import {actor_module}; "
+            "import fedcls.apps.client_app; print(time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -110,16 +112,22 @@ def main() -> None:
         cold = [stamped_run(base, env) for _ in range(args.repeat)]
         head = start_head(env)
         try:
-            attached = [stamped_run([*base, f"backend.ray_address=127.0.0.1:{PORT}"], env)
-                        for _ in range(args.repeat)]
+            address = f"backend.ray_address=127.0.0.1:{PORT}"
+            attached = [stamped_run([*base, address], env) for _ in range(args.repeat)]
+            stamped_run([*base, address, "backend.keep_actors=true"], env)  # leaves the actors warm
+            kept = [stamped_run([*base, address, "backend.keep_actors=true"], env) for _ in range(args.repeat)]
         finally:
             head.terminate()  # `ray start --block` ends its own processes (not `ray stop`: that ends every Ray here)
             head.wait()
             forget_head()
     table("cold: Ray started by the run", cold)
     table("attached: backend.ray_address=auto", attached)
-    print(f"\nclient actor imports (ray, Flower's actor, fedcls.apps.client_app) in a fresh Python: "
-          f"{client_imports():.1f} s")
+    table("attached, actors kept by an earlier run: backend.keep_actors=true", kept)
+    print("\na client actor's imports (ray, its class's module, fedcls.apps.client_app) in a fresh Python, "
+          "median of 3:")
+    for label, module in (("Flower's ClientAppActor", "flwr.simulation.ray_transport.ray_actor"),
+                          ("fedcls's SiteActor", "fedcls.engine.site_actor")):
+        print(f"  {label:<24} {statistics.median(client_imports(module) for _ in range(3)):.1f} s")
 
 
 if __name__ == "__main__":

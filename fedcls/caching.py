@@ -9,6 +9,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
+from weakref import ref
+
+_EVERY_CACHE: list[ref] = []  # weak references (a dict is not hashable: no WeakSet)
 
 
 class BoundedCache(OrderedDict):
@@ -18,6 +21,7 @@ class BoundedCache(OrderedDict):
     def __init__(self, size: int):
         super().__init__()
         self.size = size
+        _EVERY_CACHE.append(ref(self))
 
     def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
         if key not in self:
@@ -26,6 +30,16 @@ class BoundedCache(OrderedDict):
                 self.popitem(last=False)
         self.move_to_end(key)
         return self[key]
+
+
+def forget_everything() -> None:
+    """Empty every BoundedCache of this process: a client actor kept from an earlier command
+    (backend.keep_actors) builds its data again, as files on disk may have changed since."""
+    caches = [cache() for cache in _EVERY_CACHE]
+    _EVERY_CACHE[:] = [ref(cache) for cache in caches if cache is not None]
+    for cache in caches:
+        if cache is not None:
+            cache.clear()
 
 
 def cached_npz(path: Path, build: Callable[[], dict], required: tuple[str, ...] = ()) -> dict:

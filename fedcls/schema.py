@@ -171,6 +171,9 @@ class BackendConfig:
     num_gpus: float = opt(0.0, "GPUs per client actor; fractions share a GPU (0.25 = 4 actors per GPU)", ge=0)
     ray_address: str | None = opt(None, "null starts Ray here (or, Ray's rule, attaches to a `ray start` "
                                         "instance of this machine); auto or host:port attaches to a running cluster")
+    keep_actors: bool = opt(False, "leave the client actors running in the Ray this run attached to (a `ray start` "
+                            "instance), warm for the next run of the same code, which then skips their start-up; "
+                            "`ray stop` ends them")
     executor: str = opt("clientapp", "clientapp (a Flower ClientApp per client, the reference) | cohort (Ray "
                         "actors each train many clients at once, vmapped; fedcls.apps.cohort)",
                         choices=("clientapp", "cohort"))

@@ -61,3 +61,18 @@ def test_help_piped_into_a_reader_that_stops_early_ends_without_a_traceback():
     proc.stdout.close()  # the pipe breaks while the help is still being written
     assert proc.wait(timeout=60) == 141
     assert "Traceback" not in (err := proc.stderr.read()) and "BrokenPipe" not in err
+
+
+def test_flowers_telemetry_is_off_unless_the_environment_turns_it_on():
+    """fedcls sets FLWR_TELEMETRY_ENABLED=0 before Flower reads it; an explicit 1 is kept."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = "import fedcls, flwr.supercore.telemetry as t; print(t.FLWR_TELEMETRY_ENABLED)"
+    env = {k: v for k, v in os.environ.items() if k != "FLWR_TELEMETRY_ENABLED"}
+    seen = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, **extra}, capture_output=True,
+                           text=True, check=True).stdout.strip() for extra in ({}, {"FLWR_TELEMETRY_ENABLED": "1"})]
+    assert seen == ["0", "1"]

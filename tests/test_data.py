@@ -219,3 +219,17 @@ def test_the_per_process_cache_keeps_only_the_most_recently_used():
     # "a" was used after "b", so "c" evicted "b"; "b" is then built again and evicts "a"
     assert built == ["a", "b", "c", "b"]
     assert list(cache) == ["c", "b"] and cache["b"] == "B"
+
+
+def test_a_kept_actor_forgets_every_cache_of_an_earlier_command():
+    """backend.keep_actors: a new command's first call empties the process's caches (the module's
+    own ones too), so data files changed between commands are read again."""
+    from fedcls.apps import runtime
+    from fedcls.caching import BoundedCache, forget_everything
+
+    mine = BoundedCache(size=2)
+    mine.get_or_build("a", lambda: 1)
+    runtime._RUNTIMES.get_or_build("a config", lambda: "a runtime")
+    forget_everything()
+    assert len(mine) == 0 and len(runtime._RUNTIMES) == 0
+    assert mine.get_or_build("a", lambda: 2) == 2

@@ -60,7 +60,7 @@ def test_a_killed_ray_actor_does_not_stall_the_run(tmp_path):
         while proc.poll() is None:
             if not killed and metrics.exists() and metrics.read_text().count("\n") >= 1:
                 actors = [a for a in ray._private.state.actors().values()
-                          if a["State"] == "ALIVE" and a["ActorClassName"] == "ClientAppActor"]
+                          if a["State"] == "ALIVE" and a["ActorClassName"] == "SiteActor"]
                 os.kill(actors[0]["Pid"], signal.SIGKILL)
                 killed = True
             time.sleep(0.05)

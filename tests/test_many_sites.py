@@ -17,6 +17,7 @@ SMALL = ["dataset=synthetic", "data.synthetic.num_samples=400", "num_clients=20"
 def flower_patched(monkeypatch):
     """fedcls.engine.flower_patches.serve_many_nodes for this test only (Flower's functions back after)."""
     from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
     from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
     from fedcls.engine import flower_patches
@@ -25,6 +26,9 @@ def flower_patched(monkeypatch):
     monkeypatch.setattr(vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)
     monkeypatch.setattr(vce_api, "Queue", vce_api.Queue)
     monkeypatch.setattr(InMemoryGrid, "simulated_sites", None, raising=False)  # deleted again after the test
+    for name in ("store_message_ins", "store_message_res"):
+        monkeypatch.setattr(InMemoryLinkState, name, getattr(InMemoryLinkState, name))
+    monkeypatch.setattr(InMemoryLinkState, "_fedcls_wakes", False, raising=False)
     flower_patches.serve_many_nodes()
     return vce_api
 
@@ -118,6 +122,47 @@ def test_pending_messages_go_out_one_per_node_per_pass_in_node_order(flower_patc
     assert [m.content["c"]["i"] for m in undelivered_messages(grid.state, order)] == [2]  # site 7's second
     assert undelivered_messages(grid.state, order) == []
     assert undelivered_messages(grid.state, {}) == []  # another engine's nodes: not this one's to deliver
+
+
+def test_messages_pass_on_when_stored_not_at_the_next_poll(flower_patched, monkeypatch):
+    """The engine hands out an instruction, and the ServerApp pulls a reply, as soon as it is
+    stored: with both polls set to a minute, a round trip still takes well under one."""
+    import queue
+    import threading
+    import time
+    import uuid
+
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedcls.apps import federation
+    from fedcls.engine import flower_patches
+
+    monkeypatch.setattr(flower_patches, "DELIVERY_POLL_S", 60.0)
+    monkeypatch.setattr(federation, "PULL_INTERVAL_S", 60.0)
+    grid, mapping = simulation_grid(flower_patched, 3)
+    identity(monkeypatch)
+    monkeypatch.setattr(TaskIdentity, "_node_id", SUPERLINK_NODE_ID)
+    to_actors, stop = queue.Queue(), threading.Event()
+    delivery = threading.Thread(target=flower_patched.add_messages_to_queue,
+                                args=(grid.state, to_actors, mapping, stop), daemon=True)
+    delivery.start()
+
+    def site():  # what Flower's worker does with an instruction: reply, stored in the link state
+        instruction = to_actors.get(timeout=30)
+        reply = Message(RecordDict({"m": ConfigRecord({"ok": 1})}), reply_to=instruction)
+        reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+        grid.state.store_message_res(reply)
+
+    threading.Thread(target=site, daemon=True).start()
+    started = time.monotonic()
+    time.sleep(0.2)  # the delivery thread is in its (minute-long) wait before anything is stored
+    node = next(iter(mapping))
+    replies = federation.push_and_pull(grid, [Message(RecordDict({}), dst_node_id=node, message_type="query")],
+                                       timeout=50)
+    stop.set()
+    assert [m.content["m"]["ok"] for m in replies] == [1]
+    assert time.monotonic() - started < 30
 
 
 def test_a_cohort_worker_keeps_nothing_for_a_site_but_its_state(monkeypatch, tmp_path):

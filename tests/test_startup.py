@@ -25,7 +25,7 @@ def test_a_sweeps_warm_actors_are_taken_by_flowers_pools_and_kept_from_run_to_ru
         # the warm actors imported the client path
         assert ray.get([a.__ray_call__.remote(lambda self: __import__("sys").modules.get("torch") is not None)
                         for a in warm]) == [True] * len(warm)
-        assert actor_reserve.warm(compose(["backend.executor=cohort"])) == 0  # cohorts start their own
+        assert actor_reserve.warm(compose(["backend.executor=cohort"])) == (0, 0)  # cohorts start their own
 
         first = _pool()
         assert set(map(_id, first.pool)) == set(map(_id, warm))  # Flower's pool made no actor of its own

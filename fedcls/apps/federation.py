@@ -9,6 +9,7 @@ node ids. The loop below makes the same strategy calls in the same order as star
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -135,19 +136,36 @@ PULL_INTERVAL_S = 0.1
 def push_and_pull(grid: Grid, messages: Iterable[Message], timeout: float | None,
                   on_replies: Callable[[int], None] | None = None) -> list[Message]:
     """Grid.send_and_receive with a short pull interval: Flower 1.42's deployment grid sleeps
-    3 s between pulls, a few seconds lost per round. `on_replies` hears how many have answered."""
+    3 s between pulls, a few seconds lost per round; a simulation's pulls run as soon as a reply is
+    stored (fedcls.engine.flower_patches.wake_on_messages). `on_replies` hears how many have
+    answered."""
+    stored = replies_stored(grid)
     pending = set(grid.push_messages(messages))
     deadline = time.time() + timeout if timeout is not None else None
     replies: list[Message] = []
     while pending and (deadline is None or time.time() < deadline):
+        stored.clear()  # before the pull: a reply stored during it ends the wait below at once
         got = list(grid.pull_messages(pending))
         replies += got
         pending -= {m.metadata.reply_to_message_id for m in got}
         if on_replies is not None:
             on_replies(len(replies))
         if pending:
-            time.sleep(PULL_INTERVAL_S)
+            stored.wait(PULL_INTERVAL_S)
     return replies
+
+
+def replies_stored(grid: Grid) -> threading.Event:
+    """Set when a simulation's link state stores a reply; a deployment's grid has none to watch:
+    an event nobody sets, so waiting on it is a sleep."""
+    state = getattr(grid, "state", None)
+    return arrived(state, "replies") if getattr(state, "_fedcls_wakes", False) else threading.Event()
+
+
+def arrived(state, kind: str) -> threading.Event:
+    """The event a simulation's link state sets when it stores a message of `kind` ("instructions"
+    or "replies"; fedcls.engine.flower_patches.wake_on_messages)."""
+    return state.__dict__.setdefault("_fedcls_arrived", {}).setdefault(kind, threading.Event())
 
 
 def wait_for_nodes(grid: Grid, expected: int) -> list[int]:

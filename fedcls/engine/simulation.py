@@ -18,7 +18,7 @@ import threading
 from fedcls.data.federated import FederatedData
 from fedcls.engine import actor_reserve
 from fedcls.engine.flower_patches import RayWithoutShutdown, replace_dead_actors, serve_many_nodes
-from fedcls.engine.lifecycle import ServerStopped, StoppableGrid, ray_dies_with_driver
+from fedcls.engine.lifecycle import ServerStopped, StoppableGrid, ray_dies_with_driver, ray_started
 from fedcls.engine.logs import quiet_logs, quiet_warnings
 from fedcls.errors import STOP
 from fedcls.outputs.results import Recorder
@@ -57,6 +57,11 @@ def simulate(cfg: Config, data: FederatedData, recorder: Recorder, resume: dict 
 
             actor_reserve.release()  # a sweep's warm client actors hold the CPUs the cohorts need
             run_cohorts(cfg, data, recorder, resume, STOP)
+        elif cfg.backend.keep_actors and not actor_reserve.keeping.active():
+            with shared_ray(cfg.backend.ray_address, cfg.verbose, first=cfg) as (actors, kept):
+                recorder.progress.phase("ray", f"{ray_started(cfg.backend.ray_address)}; {actors} client actors, "
+                                               f"{kept} of them kept warm by an earlier run")
+                _flower_simulation(cfg, data, recorder, resume, STOP)
         else:
             _flower_simulation(cfg, data, recorder, resume, STOP)
     if STOP.is_set():  # the round loop stopped at Ctrl-C (or the run had just completed)
@@ -67,6 +72,7 @@ def _flower_simulation(cfg: Config, data: FederatedData, recorder: Recorder, res
                        stop: threading.Event) -> None:
     quiet_logs(cfg.verbose)
     replace_dead_actors()
+    actor_reserve.install()  # fedcls's SiteActor, and a sweep's or a kept run's warm actors
     serve_many_nodes()  # messages queued in one pass; each node's site known, no roll call
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
@@ -114,7 +120,8 @@ def shared_ray(address: str | None = None, verbose: bool = False, first: Config 
     Flower's Ray backend starts Ray when it is not running and calls ray.shutdown() after every
     simulation; here Ray is started once and that one call is made a no-op for the duration.
     Client actors (for the `first` run's backend.num_cpus/num_gpus, preparing its data) start at
-    once and pass from each run's pool to the next (fedcls.engine.actor_reserve).
+    once and pass from each run's pool to the next (fedcls.engine.actor_reserve); yields how
+    many, and how many of them an earlier command kept (backend.keep_actors).
     """
     quiet_logs(verbose)
     import ray
@@ -126,9 +133,7 @@ def shared_ray(address: str | None = None, verbose: bool = False, first: Config 
     raybackend.ray = RayWithoutShutdown(ray)
     try:
         with actor_reserve.keeping():
-            if first is not None:
-                actor_reserve.warm(first)
-            yield
+            yield actor_reserve.warm(first) if first is not None else (0, 0)
     finally:
         raybackend.ray = ray
         ray.shutdown()
