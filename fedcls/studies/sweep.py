@@ -164,8 +164,9 @@ def _sweep(args: list[str], study: Path, common: list[str], points: list[list[st
     print(f"sweep {study}: {len(points)} runs, {len(points) - len(todo)} already done", flush=True)
     failed, started, seconds = [], time.time(), []
     from fedcls.engine.simulation import shared_ray
+    from fedcls.outputs.results import plots_in_background
 
-    with shared_ray(configs[0].backend.ray_address, first=todo[0][1] if todo else None):  # as each run reads it
+    with plots_in_background(), shared_ray(configs[0].backend.ray_address, first=todo[0][1] if todo else None):
         from fedcls.engine.lifecycle import ray_started
 
         print(f"  ray     {ray_started(configs[0].backend.ray_address)} ({time.time() - started:.1f}s)", flush=True)
