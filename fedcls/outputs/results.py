@@ -7,6 +7,7 @@ atomically at the end, also when the run is interrupted or fails, so nothing com
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -33,17 +34,22 @@ WARNINGS_FILE = "warnings.log"  # other libraries' warnings during the run (fedc
 CORE_LIBRARIES = ("fedcls", "flwr", "torch", "torchvision", "ray", "numpy", "avalanche-lib")
 
 
-def versions() -> dict[str, str]:
-    """Versions of the libraries that determine a run's numbers (those installed)."""
+@functools.lru_cache(maxsize=1)  # installed versions do not change while a process runs; read per summary write
+def _installed_versions() -> tuple[tuple[str, str], ...]:
     from importlib.metadata import PackageNotFoundError, version
 
-    found = {"python": platform.python_version()}
+    found = [("python", platform.python_version())]
     for name in CORE_LIBRARIES:
         try:
-            found[name] = version(name)
+            found.append((name, version(name)))
         except PackageNotFoundError:
             continue
-    return found
+    return tuple(found)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that determine a run's numbers (those installed)."""
+    return dict(_installed_versions())
 
 
 def new_run_dir(cfg: Config) -> Path:
