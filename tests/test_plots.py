@@ -144,33 +144,24 @@ def test_a_runs_plots_key_picks_the_files_its_figures_become(tmp_path):
     assert compose([]).plots == "png+pdf"
 
 
-def test_a_sweeps_runs_draw_their_plots_on_one_background_thread_all_done_on_leaving(tmp_path, monkeypatch, capsys):
-    import threading
-
+def test_a_sweeps_runs_draw_their_plots_in_another_process_all_done_on_leaving(tmp_path, monkeypatch, capfd):
     from fedcls.outputs import results
     from fedcls.outputs.results import Recorder, plots_in_background
 
     rows = [{"round": 1, "accuracy": 0.5, "loss": 1.0, "train": {}, "clients": {}, "sampled": 2, "failures": [],
              "seconds": 1.0, "started_at": 0.0}]
-    drawn_on, real = [], results.draw_plots
-    gate = threading.Event()
 
-    def draw(rows, counts, run_dir, cfg, extras):
-        gate.wait(30)  # held until every run has finished: the drawing waits, the runs do not
-        drawn_on.append(threading.current_thread().name)
-        if run_dir.name == "broken":
-            raise ValueError("no such colour map")
-        real(rows, counts, run_dir, cfg, extras)
+    def not_here(*args):
+        raise AssertionError("drawn in the sweep's own process")
 
-    monkeypatch.setattr(results, "draw_plots", draw)
+    monkeypatch.setattr(results, "draw_plots", not_here)  # this process only: the plotting process has its own
     with plots_in_background():
         for name in ("a", "broken", "b"):
             recorder = Recorder(tmp_path / name, compose(["num_clients=2", "plots=png"]), echo=lambda line: None)
-            recorder.rows, recorder.partition_counts = rows, [[3, 1], [0, 4]]
-            assert recorder.finish()["status"] == "completed"  # returned before its figures exist
-        assert drawn_on == [] and not (tmp_path / "a" / "plots").exists()
-        gate.set()
-    assert len(drawn_on) == 3 and {name.startswith("fedcls-plots") for name in drawn_on} == {True}
-    assert sorted(p.name for p in (tmp_path / "b" / "plots").iterdir()) == ["accuracy.png", "partition.png"]
-    assert f"the plots of {tmp_path / 'broken'} were not drawn: ValueError: no such colour map" in capsys.readouterr().err
+            recorder.rows = rows
+            recorder.partition_counts = [[3, 1], [0, 4]] if name != "broken" else [[3, 1], [0]]  # ragged: fails
+            assert recorder.finish()["status"] == "completed"
+    for name in ("a", "b"):
+        assert sorted(p.name for p in (tmp_path / name / "plots").iterdir()) == ["accuracy.png", "partition.png"]
+    assert f"the plots of {tmp_path / 'broken'} were not drawn: ValueError" in capfd.readouterr().err
     assert results._PLOTTERS == []

@@ -226,9 +226,7 @@ class Recorder:
             torch.save(state_dict, self.run_dir / "model.pt")
         if self.cfg.plots != "none":
             args = (list(self.rows), self.partition_counts, self.run_dir, self.cfg.to_dict(), self.extras)
-            if _PLOTTERS:  # a sweep: drawn while its next run goes on (plots_in_background)
-                _PLOTTERS[-1].submit(draw_plots_or_say_why, *args)
-            else:
+            if not (_PLOTTERS and _draw_in_background(_PLOTTERS[-1], args)):
                 draw_plots(*args)
         return summary
 
@@ -264,31 +262,59 @@ def draw_plots(rows: list[dict], counts, run_dir: Path, cfg: dict, extras: dict)
 
 
 def draw_plots_or_say_why(*args) -> None:
-    """draw_plots on the sweep's plot thread: a figure that fails is named on stderr (the run's
-    results are written already; `python -m fedcls.report` draws a study's figures again)."""
+    """draw_plots in the sweep's plotting process: a figure that fails is named on stderr (the
+    run's results are written already; `python -m fedcls.report` draws a study's figures again)."""
     try:
         draw_plots(*args)
     except Exception as err:  # noqa: BLE001 - see the docstring
         print(f"warning: the plots of {args[2]} were not drawn: {type(err).__name__}: {err}", file=sys.stderr)
 
 
-_PLOTTERS: list = []  # the open plots_in_background thread, if any
+def _draw_in_background(pool, args: tuple) -> bool:
+    """Queue a run's figures in the plotting process; False when it is gone (drawn here instead)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        pool.submit(draw_plots_or_say_why, *args).add_done_callback(_say_if_lost)
+    except (BrokenProcessPool, RuntimeError):
+        return False
+    return True
+
+
+def _say_if_lost(future) -> None:
+    if future.exception() is not None:  # the process died (killed, out of memory)
+        print(f"warning: a run's plots were not drawn: {future.exception()!r}", file=sys.stderr)
+
+
+def _plotter_starts() -> None:
+    """The plotting process: Ctrl-C is the sweep's to handle (it then waits for the figures), and
+    it draws on CPU time the runs leave idle."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(19)
+
+
+_PLOTTERS: list = []  # the open plots_in_background process pool, if any
 
 
 @contextlib.contextmanager
 def plots_in_background():
-    """While inside (a sweep), each run's figures are drawn on one background thread, so that the
-    next run starts at once: its rounds mostly wait on the sites' replies and leave the driver's
-    CPU to the drawing (~1.3 s of PNGs per run, README "Measured"). Leaving waits for every
-    figure, so a sweep that ends, or stops at Ctrl-C, leaves none undrawn."""
-    from concurrent.futures import ThreadPoolExecutor
+    """While inside (a sweep), each run's figures are drawn by one separate, lowest-priority process,
+    so that the next run starts at once and its rounds keep the CPU (~1.3 s of PNGs per run,
+    README "Measured"); a thread in this process would hold the GIL the round loop needs.
+    Leaving waits for every figure, so a sweep that ends, or stops at Ctrl-C, leaves none undrawn."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedcls-plots") as pool:
-        _PLOTTERS.append(pool)
-        try:
-            yield
-        finally:
-            _PLOTTERS.remove(pool)
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_plotter_starts)
+    _PLOTTERS.append(pool)
+    try:
+        yield
+    finally:
+        _PLOTTERS.remove(pool)
+        pool.shutdown(wait=True)
 
 
 def to_yaml(cfg: Config) -> str:
