@@ -110,7 +110,7 @@ def _new_actor(resources: dict, name: str | None):
     if name is None:
         return SiteActor.options(**resources).remote()
     actor = SiteActor.options(name=name, namespace=NAMESPACE, lifetime="detached",
-                                   get_if_exists=True, **resources).remote()
+                              get_if_exists=True, **resources).remote()
     _kept.add(actor._actor_id.hex())
     return actor
 
