@@ -155,6 +155,17 @@ def test_a_sweep_refuses_to_skip_finished_runs_of_another_config(tmp_path, capsy
     assert "strategy=choice(fedyogi)" in capsys.readouterr().err
 
 
+def test_a_grid_that_names_one_run_twice_is_refused_before_ray(tmp_path, capsys):
+    """0.0 and 0.00 parse to one value: the second run would be the first one again."""
+    from fedcls.studies.sweep import main as sweep_main
+
+    assert sweep_main([f"output_dir={tmp_path}", "strategy=fedprox", "strategy.proximal_mu=0.0,0.00,0.1"]) == 2
+    assert "names run strategy.proximal_mu-0.0 more than once" in capsys.readouterr().err
+    assert sweep_main([f"output_dir={tmp_path}", "seed=1,2,1"]) == 2
+    assert "names run seed-1 more than once" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_corrupt_study_list_or_unreadable_runs_give_one_line_not_a_traceback(tmp_path, capsys):
     for seed in range(3):
         fake_run(tmp_path, "fedavg", "iid", seed, [0.5, 0.9])

@@ -150,6 +150,10 @@ def sweep(args: list[str]) -> int:
     runs_dir = study / "runs"
     if not points:
         raise ConfigError("the grid is empty: give each swept key at least one value, e.g. seed=0,1,2")
+    ids = [run_id_of(p) for p in points]
+    if twice := next((i for i in ids if ids.count(i) > 1), None):
+        raise ConfigError(f"the grid names run {twice} more than once: a swept key repeats a value (values are "
+                          "compared once parsed: 0.0 and 0.00 are one value); give each swept key distinct values")
     configs = [point_config(common, point, runs_dir) for point in points]  # a typo fails here, before Ray
     runs_dir.mkdir(parents=True, exist_ok=True)
     with holding(study, "the study"):
