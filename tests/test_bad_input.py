@@ -14,6 +14,7 @@ CASES = [  # (arguments, words the message must contain)
     (["partition.kind=diriclet"], "Did you mean 'dirichlet'"),
     (["nun_clients=3"], "Did you mean 'num_clients'"),
     (["lr=fast"], "lr must be a number"),
+    (["backend.executor=cohort", "backend.keep_actors=true"], "the cohort executor starts its own workers"),
     (["lr=-1"], "lr must be > 0"),
     (["momentum=1.5"], "momentum must be in [0, 1)"),
     (["num_clients=2.5"], "num_clients must be an integer"),
