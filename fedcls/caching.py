@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from weakref import ref
 
-_EVERY_CACHE: list[ref] = []  # weak references (a dict is not hashable: no WeakSet)
+_EVERY_CACHE: list[ref] = []  # weak references, each removed when its cache is gone (a dict is not hashable: no WeakSet)
 
 
 class BoundedCache(OrderedDict):
@@ -21,7 +21,7 @@ class BoundedCache(OrderedDict):
     def __init__(self, size: int):
         super().__init__()
         self.size = size
-        _EVERY_CACHE.append(ref(self))
+        _EVERY_CACHE.append(ref(self, _EVERY_CACHE.remove))
 
     def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
         if key not in self:
@@ -35,10 +35,8 @@ class BoundedCache(OrderedDict):
 def forget_everything() -> None:
     """Empty every BoundedCache of this process: a client actor kept from an earlier command
     (backend.keep_actors) builds its data again, as files on disk may have changed since."""
-    caches = [cache() for cache in _EVERY_CACHE]
-    _EVERY_CACHE[:] = [ref(cache) for cache in caches if cache is not None]
-    for cache in caches:
-        if cache is not None:
+    for cache in [alive() for alive in _EVERY_CACHE]:
+        if cache is not None:  # collected since the list was read
             cache.clear()
 
 
