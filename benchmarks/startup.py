@@ -11,6 +11,10 @@ what the client actors import, timed in a fresh Python.
 
     python benchmarks/startup.py [--repeat 3] [key=value ...]
 
+The last table runs each command in a warm driver (``python -m fedcls.serve``, ``FEDCLS_SERVER``),
+started once before (not counted, as ``ray start`` is not) and warmed by one command: the command
+imports nothing heavy and the driver holds Ray, PyTorch, Flower and warm client actors.
+
 The attached start runs ``ray start --head --block`` itself first (and ends it after), as a user
 would (README, "A long-lived Ray"): its own start-up is not counted, as it is paid once per session.
 The last table attaches with ``backend.keep_actors=true`` after one such run (not counted) left its
@@ -51,6 +55,8 @@ def stamped_run(overrides: list[str], env: dict) -> dict[str, float]:
                 stamps[name] = now
     if proc.wait() != 0 or "round 2" not in stamps:
         sys.exit("the run failed:\n" + "".join(lines[-30:]))
+    if "FEDCLS_SERVER" in env and any("; running here" in line for line in lines):
+        sys.exit("the warm driver did not run the command:\n" + "".join(lines[:5]))
     stamps["begun"] = max(t for name, t in stamps.items() if not name.startswith("round"))
     stamps["cost"] = 2 * stamps["round 1"] - stamps["round 2"]
     return stamps
@@ -67,6 +73,17 @@ def start_head(env: dict) -> subprocess.Popen:
             threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
             return proc
     sys.exit("ray start --head failed")
+
+
+def start_warm_driver(socket: str, overrides: list[str], env: dict) -> subprocess.Popen:
+    """`python -m fedcls.serve` on `socket`, returned once it serves commands."""
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "fedcls.serve", f"socket={socket}", *overrides],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    for line in proc.stdout:
+        if "serving commands at" in line:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return proc
+    sys.exit("python -m fedcls.serve failed")
 
 
 def forget_head() -> None:
@@ -120,9 +137,18 @@ def main() -> None:
             head.terminate()  # `ray start --block` ends its own processes (not `ray stop`: that ends every Ray here)
             head.wait()
             forget_head()
+        driver = start_warm_driver(f"{tmp}/serve.sock", args.overrides, env)
+        try:
+            served_env = dict(env, FEDCLS_SERVER=f"{tmp}/serve.sock")
+            stamped_run(base, served_env)  # the driver's first command, as a researcher's first of the day
+            served = [stamped_run(base, served_env) for _ in range(args.repeat)]
+        finally:
+            driver.terminate()  # SIGTERM: the driver ends its Ray and actors
+            driver.wait()
     table("cold: Ray started by the run", cold)
     table("attached: backend.ray_address=auto", attached)
     table("attached, actors kept by an earlier run: backend.keep_actors=true", kept)
+    table("through a warm driver: python -m fedcls.serve, FEDCLS_SERVER", served)
     print("\na client actor's imports (ray, its class's module, fedcls.apps.client_app) in a fresh Python, "
           "median of 3:")
     for label, module in (("Flower's ClientAppActor", "flwr.simulation.ray_transport.ray_actor"),

@@ -21,6 +21,7 @@ COMMANDS = {
     "simulate": ("fedcls.simulate",
                  "run one simulation: scenario=NAME key=value ... (--cfg job prints its config)"),
     "sweep": ("fedcls.sweep", "run a grid of simulations as one study: name=STUDY key=a,b,c ..."),
+    "serve": ("fedcls.serve", "a warm driver: commands run with FEDCLS_SERVER set run in it, skipping start-up"),
     "report": ("fedcls.report", "tables and plots of a study, from its run folders: STUDY_DIR"),
     "explain": ("fedcls.explain", "Grad-CAM heatmaps of a run's global model per site: RUN_DIR"),
     "prepare-sites": ("fedcls.prepare_sites", "write each site of a scenario as a site data folder: out=DIR"),

@@ -5,6 +5,7 @@
     python -m fedcls.simulate scenario=iid --cfg job     # print the resolved config only
     python -m fedcls.simulate resume=results/runs/<run>   # continue a killed run from its checkpoint
     python -m fedcls.simulate --help
+    FEDCLS_SERVER=auto python -m fedcls.simulate ...     # run in a warm driver (python -m fedcls.serve)
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from fedcls.errors import UserError, exit_code_of
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fedcls.engine.warm_driver import forward
+
     args = list(sys.argv[1:] if argv is None else argv)
-    return exit_code_of(lambda: _main(args), defer_ctrl_c=True)
+    forwarded = forward("simulate", args)  # FEDCLS_SERVER: a warm driver (python -m fedcls.serve) runs it
+    return forwarded if forwarded is not None else exit_code_of(lambda: run_args(args), defer_ctrl_c=True)
 
 
-def _main(args: list[str]) -> int:
+def run_args(args: list[str]) -> int:
+    """The command on `args` in this process (exit code; UserError and Ctrl-C for the caller)."""
     if {"-h", "--help"} & set(args):
         from fedcls.help import help_text
 

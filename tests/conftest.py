@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+os.environ.pop("FEDCLS_SERVER", None)  # a developer's warm driver (fedcls.serve) must not run the suite's commands
 
 
 @pytest.fixture
@@ -18,3 +19,4 @@ def cli(tmp_path):
                               capture_output=True, text=True, timeout=timeout, env=env)
 
     return run
+

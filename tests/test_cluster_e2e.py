@@ -7,7 +7,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def test_simulation_on_a_two_node_ray_cluster_uses_both_nodes_and_keeps_its_actors(cli, tmp_path):
+def test_simulation_on_a_two_node_ray_cluster_uses_both_nodes_and_keeps_its_actors(cli, tmp_path, monkeypatch):
     """Two runs with backend.keep_actors: the second takes the first's actors (it starts none of
     its own) and its rounds equal the first's; kept actors of other code are ended."""
     import ray
@@ -41,13 +41,12 @@ def test_simulation_on_a_two_node_ray_cluster_uses_both_nodes_and_keeps_its_acto
         heavy = lambda self: [m for m in ("flwr.simulation", "sqlalchemy", "fastapi") if m in __import__("sys").modules]  # noqa: E731
         kept = [ray.get_actor(a["Name"], namespace=actor_reserve.NAMESPACE) for a in actors]
         assert ray.get([actor.__ray_call__.remote(heavy) for actor in kept]) == [[], []]
-        actor_reserve._VERSION[:] = ["edited-code"]  # the code changed: the kept actors are not reused
+        monkeypatch.setattr(actor_reserve, "code_version", lambda: "edited-code")  # the code changed: not reused
         cfg = compose(["backend.keep_actors=true"])
         assert actor_reserve.warm(cfg) == (2, 0)
         alive = [a["Name"] for a in state.actors().values() if a["State"] != "DEAD"]
         assert sorted(alive) == [actor_reserve.kept_name({"num_cpus": 1, "num_gpus": 0.0}, i) for i in (0, 1)]
     finally:
-        actor_reserve._VERSION.clear()
         actor_reserve.release()
         ray.shutdown()
         cluster.shutdown()

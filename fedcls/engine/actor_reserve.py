@@ -24,17 +24,16 @@ Kept actors of other code or resources are ended: they hold the CPUs the new one
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import os
 import sys
 import threading
-from importlib import metadata
-from pathlib import Path
+
+from fedcls.engine.code_digest import code_digest
 
 NAMESPACE = "fedcls"  # the Ray namespace of actors kept between commands
 KEPT_PREFIX = "fedcls-client-"
-LIBRARIES = ("flwr", "torch", "torchvision", "ray", "numpy", "avalanche-lib")  # what an actor imports
 
 _lock = threading.Lock()
 _reserve: dict[tuple, list] = {}  # resources key -> idle warm actors
@@ -136,31 +135,11 @@ def _end_other_kept(names: list[str]) -> set[str]:
     return found & set(names)
 
 
-_VERSION: list[str] = []
-
-
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """A digest of what a client actor imports and runs: fedcls's and the strategies' sources, the
-    libraries' versions, the interpreter and its path (a kept actor of other code is not reused)."""
-    if not _VERSION:
-        import fedcls
-        import strategies
-
-        digest = hashlib.sha256(json.dumps([sys.executable, sys.path, os.environ.get("PYTHONPATH"),
-                                            [_installed(name) for name in LIBRARIES]]).encode())
-        for package in (fedcls, strategies):
-            root = Path(package.__file__).parent
-            for path in sorted(root.rglob("*.py")):
-                digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-        _VERSION.append(digest.hexdigest()[:12])
-    return _VERSION[0]
-
-
-def _installed(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
+    """A digest of what a client actor imports and runs (fedcls.engine.code_digest) and of where it
+    finds it (sys.path, PYTHONPATH): a kept actor of other code is not reused."""
+    return code_digest(sys.path, os.environ.get("PYTHONPATH"))
 
 
 def _take(resources: dict):
@@ -194,6 +173,21 @@ def release() -> None:
     if ray.is_initialized():
         for actor in actors:
             ray.kill(actor)
+
+
+def _forget(actor_self) -> None:
+    from fedcls.caching import forget_everything
+
+    forget_everything()
+
+
+def forget_in_actors() -> None:
+    """Make every reserved actor empty its caches before its next message (a warm driver's next
+    command: data files may have changed); Ray runs an actor's calls from one caller in order."""
+    with _lock:
+        actors = [a for idle in _reserve.values() for a in idle]
+    for actor in actors:
+        actor.__ray_call__.remote(_forget)
 
 
 class keeping:

@@ -123,6 +123,9 @@ def shared_ray(address: str | None = None, verbose: bool = False, first: Config 
     once and pass from each run's pool to the next (fedcls.engine.actor_reserve); yields how
     many, and how many of them an earlier command kept (backend.keep_actors).
     """
+    if actor_reserve.keeping.active():  # inside a warm driver's (fedcls.engine.warm_driver): use its Ray
+        yield actor_reserve.warm(first) if first is not None else (0, 0)
+        return
     quiet_logs(verbose)
     import ray
     from flwr.server.superlink.fleet.vce.backend import raybackend

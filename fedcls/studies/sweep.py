@@ -197,7 +197,10 @@ def _sweep(args: list[str], study: Path, common: list[str], points: list[list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(sweep, argv, __doc__, defer_ctrl_c=True)
+    from fedcls.engine.warm_driver import forward
+
+    forwarded = forward("sweep", list(sys.argv[1:] if argv is None else argv))  # FEDCLS_SERVER: fedcls.serve runs it
+    return forwarded if forwarded is not None else run_cli(sweep, argv, __doc__, defer_ctrl_c=True)
 
 
 if __name__ == "__main__":
