@@ -18,6 +18,10 @@ busy 2-core machine); ``--threads 1`` is steadier but gives the plain loop one c
     python benchmarks/sweep_overhead.py             # 2 strategies x 4 partitions x 2 seeds, rounds=3 local_epochs=1
     python benchmarks/sweep_overhead.py seed=0 rounds=2              # an override replaces its default
     python benchmarks/sweep_overhead.py --singles   # also every grid point as its own fedcls.simulate command
+    python benchmarks/sweep_overhead.py --served    # also the sweep sent to a warm driver (python -m fedcls.serve)
+
+``--served`` starts the warm driver first (not counted, as a researcher starts it once a day) and
+times the same sweep command with FEDCLS_SERVER set, from the command to its exit.
 
 The grid's plain loop knows the client hooks of strategies whose round config holds only
 FedProx's "proximal-mu" (fedavg, fedprox, ...); others stop with a message.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -99,16 +104,30 @@ def round_seconds(runs_dir: Path) -> float:
                for line in p.read_text().splitlines())
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str], env: dict | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", *command], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", *command], check=True, stdout=subprocess.DEVNULL, env=env)
     return time.perf_counter() - start
+
+
+def served_sweep(tmp: str, overrides: list[str], common: list[str]) -> float:
+    """Seconds of the sweep command sent to a warm driver started (and not counted) here."""
+    from startup import start_warm_driver  # benchmarks/startup.py
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    driver = start_warm_driver(f"{tmp}/serve.sock", common, env)
+    try:
+        return timed(["fedcls.sweep", f"output_dir={tmp}/served", *overrides], dict(env, FEDCLS_SERVER=f"{tmp}/serve.sock"))
+    finally:
+        driver.terminate()
+        driver.wait()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--singles", action="store_true",
                         help="also run each grid point as its own python -m fedcls.simulate (slow)")
+    parser.add_argument("--served", action="store_true", help="also the sweep sent to a warm driver (fedcls.serve)")
     parser.add_argument("--threads", type=int, help="PyTorch threads of the plain loop (default: PyTorch's)")
     parser.add_argument("overrides", nargs="*", help="key=value or key=a,b grid overrides (replace the defaults')")
     args = parser.parse_args()
@@ -123,6 +142,9 @@ def main() -> None:
             single_wall = sum(timed(["fedcls.simulate", *common, *point, f"output_dir={tmp}/singles"])
                               for point in points) / runs
             single_rounds = round_seconds(Path(tmp) / "singles") / runs
+        if args.served:
+            served_wall = served_sweep(tmp, overrides, common) / runs
+            served_rounds = round_seconds(Path(tmp) / "served" / "runs") / runs
     if args.threads:
         torch.set_num_threads(args.threads)
     plain = [plain_run(compose([*common, *point])) for point in points]
@@ -130,8 +152,12 @@ def main() -> None:
     print(f"sweep (one command):  {sweep_wall:6.1f} s/run wall, {sweep_rounds:.1f} s/run in rounds")
     if args.singles:
         print(f"single commands:      {single_wall:6.1f} s/run wall, {single_rounds:.1f} s/run in rounds")
+    if args.served:
+        print(f"sweep, warm driver:   {served_wall:6.1f} s/run wall, {served_rounds:.1f} s/run in rounds")
     print(f"plain PyTorch loop:   {plain_wall:6.1f} s/run (data {plain_data:.1f} s/run), in this process on {torch.get_num_threads()} thread(s)")
     print(f"ratio sweep wall / plain loop: {sweep_wall / plain_wall:.2f} (target <= 1.2)")
+    if args.served:
+        print(f"ratio sweep with a warm driver / plain loop: {served_wall / plain_wall:.2f} (target <= 1.2)")
     if args.singles:
         print(f"ratio sweep / single commands: {sweep_wall / single_wall:.2f}")
 
