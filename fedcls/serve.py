@@ -21,7 +21,15 @@ from fedcls.errors import run_cli
 def main(argv: list[str] | None = None) -> int:
     from fedcls.engine.warm_driver import serve
 
-    return run_cli(serve, argv, __doc__)
+    return run_cli(lambda args: serve(args, tools()), argv, __doc__)
+
+
+def tools() -> dict:
+    """The commands a warm driver runs, each by the function its entry point runs it with."""
+    from fedcls.simulate import run_args
+    from fedcls.studies.sweep import sweep
+
+    return {"simulate": run_args, "sweep": sweep}
 
 
 if __name__ == "__main__":

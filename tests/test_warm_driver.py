@@ -58,7 +58,7 @@ def test_a_command_the_driver_refuses_or_that_finds_none_runs_here_and_says_why(
     assert warm_driver.forward("simulate", ["seed=1"]) is None
     assert "no fedcls server answers at" in capsys.readouterr().err
     listener = warm_driver._listen(tmp_path / "s.sock")
-    served = threading.Thread(target=lambda: warm_driver._serve_one(Channel(listener.accept()[0]), None, "old", None))
+    served = threading.Thread(target=lambda: warm_driver._serve_one(Channel(listener.accept()[0]), None, "old", {"simulate": None}))
     served.start()
     monkeypatch.setenv(SERVER_ENV, str(tmp_path / "s.sock"))
     try:
@@ -116,6 +116,8 @@ def test_commands_run_in_the_warm_driver_as_they_run_alone(tmp_path):
         metrics = tmp_path / "stopped" / "metrics.jsonl"
         while not (metrics.exists() and metrics.read_text().count("\n")) and long.poll() is None:
             time.sleep(0.05)
+        queued = command(tmp_path, "rounds=2", "seed=3", "run_id=served_again")  # waits for the long one
+        time.sleep(2 * warm_driver.BUSY_NOTE_S)
         long.send_signal(signal.SIGINT)
         out, err = long.communicate(timeout=120)
         summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
@@ -123,10 +125,11 @@ def test_commands_run_in_the_warm_driver_as_they_run_alone(tmp_path):
         assert err.strip().splitlines()[-1].startswith("interrupted") and summary["status"] == "interrupted"
         assert 1 <= summary["rounds_completed"] < 200 and "resume_with" in summary
 
-        for name, served in (("served_again", True), ("alone", False)):
-            proc = command(tmp_path, "rounds=2", "seed=3", f"run_id={name}", served=served)
-            out, err = proc.communicate(timeout=300)
-            assert proc.returncode == 0, err[-3000:]
+        out, err = queued.communicate(timeout=300)
+        assert queued.returncode == 0 and "is running another command; this one waits" in out, err[-3000:]
+        alone = command(tmp_path, "rounds=2", "seed=3", "run_id=alone", served=False)
+        out, err = alone.communicate(timeout=300)
+        assert alone.returncode == 0, err[-3000:]
         assert rows(tmp_path / "served") == rows(tmp_path / "served_again") == rows(tmp_path / "alone")
         assert server.poll() is None  # it served all of them, the failing and the stopped one included
     finally:

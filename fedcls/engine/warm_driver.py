@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 SERVER_ENV = "FEDCLS_SERVER"  # a socket path, or 1/auto for default_socket()
@@ -108,8 +109,14 @@ def _follow(channel: Channel, path: Path) -> int | None:
             if "exit" in message:
                 return int(message["exit"])
             stream = sys.stdout if "out" in message else sys.stderr
-            stream.write(message.get("out", message.get("err", "")))
-            stream.flush()
+            try:
+                stream.write(message.get("out", message.get("err", "")))
+                stream.flush()
+            except BrokenPipeError:  # the reader went away (`... | head`): as exit_code_of does
+                from fedcls.errors import BROKEN_PIPE_EXIT
+
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+                return BROKEN_PIPE_EXIT  # the connection closes: the run stops at its next safe point
             message = channel.receive()
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -178,9 +185,11 @@ class ToCommand(io.TextIOBase):
         return "utf-8"
 
 
-def serve(args: list[str]) -> int:
+def serve(args: list[str], tools: dict[str, Callable[[list[str]], int]]) -> int:
     """``python -m fedcls.serve [socket=PATH] [key=value ...]``: the keys (backend.*, and the
-    scenario whose data the actors build while waiting) as a run takes them."""
+    scenario whose data the actors build while waiting) as a run takes them; `tools`: each
+    command's name and the function that runs it on its arguments in this process (the entry
+    points', given by fedcls.serve: this layer does not import them)."""
     from fedcls.config import compose
     from fedcls.errors import UserError
 
@@ -189,7 +198,6 @@ def serve(args: list[str]) -> int:
     cfg = compose(overrides)
     listener = _listen(path)
     _import_run_path()
-    from fedcls.engine import actor_reserve
     from fedcls.engine.code_digest import code_digest
     from fedcls.engine.lifecycle import ray_started
     from fedcls.engine.simulation import shared_ray
@@ -208,7 +216,7 @@ def serve(args: list[str]) -> int:
                 with conn:
                     BUSY.set()
                     try:
-                        _serve_one(Channel(conn), address, code, actor_reserve)
+                        _serve_one(Channel(conn), address, code, tools)
                     finally:
                         BUSY.clear()
     except KeyboardInterrupt:
@@ -266,13 +274,12 @@ def _import_run_path() -> None:
     import fedcls.apps.client_app  # noqa: F401
     import fedcls.apps.server_app  # noqa: F401
     import fedcls.engine.runner  # noqa: F401
-    import fedcls.studies.sweep  # noqa: F401
 
 
-def refusal(message: dict, address: str | None, code: str) -> str | None:
+def refusal(message: dict, address: str | None, code: str, tools=("simulate", "sweep")) -> str | None:
     """Why this driver must not run the command in `message` (None: it may)."""
-    if message.get("tool") not in ("simulate", "sweep"):
-        return f"the fedcls server runs fedcls.simulate and fedcls.sweep, not {message.get('tool')!r}"
+    if message.get("tool") not in tools:
+        return f"the fedcls server runs {' and '.join(f'fedcls.{t}' for t in tools)}, not {message.get('tool')!r}"
     if message.get("code") != code:
         return ("the fedcls server runs other code than this command's (edited or upgraded since it started); "
                 "restart it to serve this code")
@@ -285,31 +292,31 @@ def refusal(message: dict, address: str | None, code: str) -> str | None:
     return None
 
 
-def _serve_one(channel: Channel, address: str | None, code: str, actor_reserve) -> None:
+def _serve_one(channel: Channel, address: str | None, code: str, tools: dict) -> None:
     message = channel.receive()
     if not isinstance(message, dict):
         return
-    if reason := refusal(message, address, code):
+    if reason := refusal(message, address, code, tuple(tools)):
         channel.send({"refused": reason})
         return
     started = time.time()
     print(f"[{time.strftime('%H:%M:%S')}] {message['tool']} {' '.join(message['args'])}", flush=True)
-    exit_code = run_command(channel, message, actor_reserve)
+    exit_code = run_command(channel, message, tools[message["tool"]])
     print(f"  exit {exit_code} after {time.time() - started:.1f}s", flush=True)
     with contextlib.suppress(OSError):
         channel.send({"exit": exit_code})
 
 
-def run_command(channel: Channel, message: dict, actor_reserve) -> int:
+def run_command(channel: Channel, message: dict, entry: Callable[[list[str]], int]) -> int:
     """Run the command in this process as its own entry point would, its output sent back."""
     from fedcls.caching import forget_everything
+    from fedcls.engine import actor_reserve
     from fedcls.errors import STOP, exit_code_of
 
     lost = threading.Event()
     out, err = (ToCommand(channel, kind, bool(message.get("tty")), lost) for kind in ("out", "err"))
     forget_everything()  # data files may have changed since the last command
     actor_reserve.forget_in_actors()
-    entry = _entry(message["tool"])
     where = os.getcwd()
     size = message.get("size")
     with _environment({"COLUMNS": str(size[0]), "LINES": str(size[1])} if size else {}), \
@@ -331,16 +338,6 @@ def run_command(channel: Channel, message: dict, actor_reserve) -> int:
 def _started(watcher: threading.Thread, entry, args: list[str]) -> int:
     watcher.start()  # inside ctrl_c_deferred, which clears STOP on entry
     return entry(args)
-
-
-def _entry(tool: str):
-    if tool == "sweep":
-        from fedcls.studies.sweep import sweep
-
-        return sweep
-    from fedcls.simulate import run_args
-
-    return run_args
 
 
 def _watch(channel: Channel, err: ToCommand, lost: threading.Event, stop: threading.Event) -> None:
