@@ -117,7 +117,11 @@ def test_commands_run_in_the_warm_driver_as_they_run_alone(tmp_path):
         while not (metrics.exists() and metrics.read_text().count("\n")) and long.poll() is None:
             time.sleep(0.05)
         queued = command(tmp_path, "rounds=2", "seed=3", "run_id=served_again")  # waits for the long one
+        leaver = command(tmp_path, "rounds=2", "run_id=left")  # waits too, then is Ctrl-C'd: never runs
         time.sleep(2 * warm_driver.BUSY_NOTE_S)
+        leaver.send_signal(signal.SIGINT)
+        out, err = leaver.communicate(timeout=60)
+        assert leaver.returncode == 130 and "interrupted before the fedcls server started" in err
         long.send_signal(signal.SIGINT)
         out, err = long.communicate(timeout=120)
         summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
@@ -132,6 +136,7 @@ def test_commands_run_in_the_warm_driver_as_they_run_alone(tmp_path):
         assert alone.returncode == 0, err[-3000:]
         assert rows(tmp_path / "served") == rows(tmp_path / "served_again") == rows(tmp_path / "alone")
         assert server.poll() is None  # it served all of them, the failing and the stopped one included
+        assert not (tmp_path / "left").exists()
     finally:
         server.send_signal(signal.SIGTERM)
         try:

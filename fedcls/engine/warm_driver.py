@@ -8,7 +8,8 @@ library only, so that a forwarded command imports nothing heavy). Written by han
 start a fresh driver per job, which is the cost this removes.
 
 - Commands run one at a time, in the order they connect, as they would in the shell; a command that
-  finds the driver busy says so and waits.
+  finds the driver busy says so and waits (Ctrl-C then leaves at once; the driver skips a command
+  that left).
 - A command runs in the driver exactly as it would alone (``fedcls.simulate``'s and
   ``fedcls.sweep``'s own entry points, in the command's folder, its output sent back as it is written,
   its exit code returned): the same config and seed give the same rows (tests/test_warm_driver.py).
@@ -85,10 +86,13 @@ def request(tool: str, args: list[str]) -> dict:
 
 def _follow(channel: Channel, path: Path) -> int | None:
     """Print the driver's output for this command until its exit code arrives."""
-    presses = []
+    presses, started = [], []
 
     def ctrl_c(signum, frame) -> None:
         presses.append(time.time())
+        if not started:  # still waiting for the driver: nothing ran, leave (the driver skips a command gone)
+            print("\ninterrupted before the fedcls server started the command", file=sys.stderr, flush=True)
+            raise SystemExit(130)
         if len(presses) == 1:
             with contextlib.suppress(OSError):
                 channel.send({"interrupt": True})
@@ -98,16 +102,19 @@ def _follow(channel: Channel, path: Path) -> int | None:
 
     previous = signal.signal(signal.SIGINT, ctrl_c)
     try:
-        first = channel.receive(timeout=BUSY_NOTE_S)
-        if first == "timeout":
+        message = channel.receive(timeout=BUSY_NOTE_S)
+        if message == "timeout":
             print(f"fedcls server at {path} is running another command; this one waits for it", flush=True)
-            first = channel.receive()
-        message = first
+            message = channel.receive()
         while message is not None:
             if "refused" in message:
                 return _here(message["refused"])
             if "exit" in message:
                 return int(message["exit"])
+            if "started" in message:
+                started.append(True)
+                message = channel.receive()
+                continue
             stream = sys.stdout if "out" in message else sys.stderr
             try:
                 stream.write(message.get("out", message.get("err", "")))
@@ -298,6 +305,10 @@ def _serve_one(channel: Channel, address: str | None, code: str, tools: dict) ->
         return
     if reason := refusal(message, address, code, tuple(tools)):
         channel.send({"refused": reason})
+        return
+    try:
+        channel.send({"started": True})
+    except OSError:  # the command left while it waited (Ctrl-C): nothing to run
         return
     started = time.time()
     print(f"[{time.strftime('%H:%M:%S')}] {message['tool']} {' '.join(message['args'])}", flush=True)
