@@ -112,6 +112,11 @@ def test_commands_run_in_the_warm_driver_as_they_run_alone(tmp_path):
         out, err = bad.communicate(timeout=120)
         assert bad.returncode == 2 and "unknown strategy 'fedavgg'" in err and "Did you mean 'fedavg'" in err
 
+        piped = command(tmp_path, "rounds=200", "run_id=piped")  # as `... | head -2`
+        lines = [piped.stdout.readline() for _ in range(2)]
+        piped.stdout.close()
+        assert piped.wait(timeout=120) == 141 and lines[0].startswith("fedcls: digits")
+
         long = command(tmp_path, "rounds=200", "run_id=stopped", start_new_session=True)
         metrics = tmp_path / "stopped" / "metrics.jsonl"
         while not (metrics.exists() and metrics.read_text().count("\n")) and long.poll() is None:
@@ -137,6 +142,7 @@ def test_commands_run_in_the_warm_driver_as_they_run_alone(tmp_path):
         assert rows(tmp_path / "served") == rows(tmp_path / "served_again") == rows(tmp_path / "alone")
         assert server.poll() is None  # it served all of them, the failing and the stopped one included
         assert not (tmp_path / "left").exists()
+        assert json.loads((tmp_path / "piped" / "summary.json").read_text())["status"] == "interrupted"  # stopped
     finally:
         server.send_signal(signal.SIGTERM)
         try:

@@ -181,7 +181,10 @@ class ToCommand(io.TextIOBase):
             try:
                 self.channel.send({self.kind: text})
             except OSError:  # the command went away: its run stops at the next safe point
+                from fedcls.errors import STOP
+
                 self.lost.set()
+                STOP.set()
         return len(text)
 
     def isatty(self) -> bool:
