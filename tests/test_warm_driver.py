@@ -70,6 +70,21 @@ def test_a_command_the_driver_refuses_or_that_finds_none_runs_here_and_says_why(
     assert warm_driver.forward("simulate", ["--help"]) is None  # help and --cfg never go to a driver
 
 
+def test_a_channel_reads_messages_across_chunks_and_ends_on_garbage():
+    left, right = socket.socketpair()
+    with left, right:
+        sender, receiver = Channel(left), Channel(right)
+        sender.send({"out": "a\nb"})
+        left.sendall(b'{"exit"')
+        assert receiver.receive() == {"out": "a\nb"}
+        assert receiver.receive(timeout=0.1) == "timeout"
+        left.sendall(b': 3}\n[1, 2]\nnot json\n')
+        assert receiver.receive() == {"exit": 3}
+        assert receiver.receive() is None and receiver.receive() is None  # a list, then not JSON
+        left.close()
+        assert receiver.receive() is None
+
+
 def test_a_second_driver_on_the_same_socket_is_refused(tmp_path):
     from fedcls.errors import UserError
 

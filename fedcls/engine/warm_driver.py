@@ -165,7 +165,11 @@ class Channel:
             with contextlib.suppress(OSError):
                 self.conn.settimeout(None)
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+        try:
+            message = json.loads(line)
+        except ValueError:  # not a fedcls command: as if it had gone
+            return None
+        return message if isinstance(message, dict) else None
 
 
 # ---- the driver's half --------------------------------------------------------------------------
