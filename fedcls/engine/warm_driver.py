@@ -43,6 +43,7 @@ from pathlib import Path
 SERVER_ENV = "FEDCLS_SERVER"  # a socket path, or 1/auto for default_socket()
 SAME_ENV = ("PYTHONPATH", "CUDA_VISIBLE_DEVICES")  # a command runs with the driver's: they must agree
 BUSY_NOTE_S = 1.0  # a command waiting longer than this for its first line says the driver is busy
+REQUEST_WAIT_S = 10.0  # a connection that sends no command within this is dropped
 
 
 def default_socket() -> Path:
@@ -205,7 +206,6 @@ def serve(args: list[str], tools: dict[str, Callable[[list[str]], int]]) -> int:
     command's name and the function that runs it on its arguments in this process (the entry
     points', given by fedcls.serve: this layer does not import them)."""
     from fedcls.config import compose
-    from fedcls.errors import UserError
 
     path = socket_path(next((a.split("=", 1)[1] for a in args if a.startswith("socket=")), ""))
     overrides = [a for a in args if not a.startswith("socket=")]
@@ -236,8 +236,6 @@ def serve(args: list[str], tools: dict[str, Callable[[list[str]], int]]) -> int:
     except KeyboardInterrupt:
         print("fedcls server stopped", flush=True)
         return 0
-    except UserError:
-        raise
     finally:
         listener.close()
         with contextlib.suppress(OSError):
@@ -307,8 +305,8 @@ def refusal(message: dict, address: str | None, code: str, tools=("simulate", "s
 
 
 def _serve_one(channel: Channel, address: str | None, code: str, tools: dict) -> None:
-    message = channel.receive()
-    if not isinstance(message, dict):
+    message = channel.receive(timeout=REQUEST_WAIT_S)
+    if not isinstance(message, dict):  # gone, silent or not a command: the next one
         return
     if reason := refusal(message, address, code, tuple(tools)):
         channel.send({"refused": reason})
