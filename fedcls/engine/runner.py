@@ -52,6 +52,7 @@ def _run(cfg: Config, echo, resume_dir: Path | None, progress: Progress, log: Wa
     progress.phase("data", f"{len(data.dataset.train_y)} training images over {len(data.sites)} sites; "
                            f"results in {recorder.run_dir}{resuming}")
     code = _simulate(cfg, data, recorder, resume)
+    progress.close()  # the live line goes before the closing line is printed (it was left glued to it)
     if code or echo is None:
         return code
     rows = recorder.rows
