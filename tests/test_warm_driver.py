@@ -23,7 +23,7 @@ SAME = ("round", "accuracy", "loss", "train", "clients", "sampled", "trained")
 
 
 def message(**changes) -> dict:
-    return {"tool": "simulate", "args": ["seed=1"], "code": "abc", "env": {k: os.environ.get(k) for k in
+    return {"tool": "simulate", "args": ["seed=1"], "cwd": "/", "code": "abc", "env": {k: os.environ.get(k) for k in
                                                                           warm_driver.SAME_ENV}, **changes}
 
 
@@ -34,6 +34,8 @@ def test_the_driver_refuses_what_it_would_not_run_as_the_command_would():
     assert "other code" in refusal(message(code="def"), None, "abc")
     assert "backend.ray_address=auto" in refusal(message(args=["backend.ray_address=auto"]), None, "abc")
     assert "not 'report'" in refusal(message(tool="report"), None, "abc")
+    assert "not a fedcls command" in refusal(message(args="seed=1"), None, "abc")
+    assert "not a fedcls command" in refusal({"tool": "simulate", "code": "abc"}, None, "abc")
     env = message()["env"] | {"CUDA_VISIBLE_DEVICES": "7"}
     assert "CUDA_VISIBLE_DEVICES differs" in refusal(message(env=env), None, "abc")
 

@@ -290,6 +290,9 @@ def _import_run_path() -> None:
 
 def refusal(message: dict, address: str | None, code: str, tools=("simulate", "sweep")) -> str | None:
     """Why this driver must not run the command in `message` (None: it may)."""
+    args, cwd = message.get("args"), message.get("cwd")
+    if not (isinstance(args, list) and all(isinstance(a, str) for a in args) and isinstance(cwd, str)):
+        return "not a fedcls command (arguments and folder missing)"
     if message.get("tool") not in tools:
         return f"the fedcls server runs {' and '.join(f'fedcls.{t}' for t in tools)}, not {message.get('tool')!r}"
     if message.get("code") != code:
