@@ -70,10 +70,12 @@ def forward(tool: str, args: list[str]) -> int | None:
     except OSError as err:
         return _here(f"no fedcls server answers at {path} ({SERVER_ENV}; {err.strerror or err}); start one with "
                      "`python -m fedcls.serve`, or unset " + SERVER_ENV)
-    with conn:
+    from fedcls.errors import exit_code_of
+
+    with conn:  # closed on the way out, whatever the way: the driver then stops the run
         channel = Channel(conn)
         channel.send(request(tool, args))
-        return _follow(channel, path)
+        return exit_code_of(lambda: _follow(channel, path))  # e.g. a reader gone (`... | head`): exit 141
 
 
 def request(tool: str, args: list[str]) -> dict:
@@ -117,14 +119,8 @@ def _follow(channel: Channel, path: Path) -> int | None:
                 message = channel.receive()
                 continue
             stream = sys.stdout if "out" in message else sys.stderr
-            try:
-                stream.write(message.get("out", message.get("err", "")))
-                stream.flush()
-            except BrokenPipeError:  # the reader went away (`... | head`): as exit_code_of does
-                from fedcls.errors import BROKEN_PIPE_EXIT
-
-                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-                return BROKEN_PIPE_EXIT  # the connection closes: the run stops at its next safe point
+            stream.write(message.get("out", message.get("err", "")))
+            stream.flush()
             message = channel.receive()
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -298,7 +294,7 @@ def refusal(message: dict, address: str | None, code: str, tools=("simulate", "s
     if message.get("code") != code:
         return ("the fedcls server runs other code than this command's (edited or upgraded since it started); "
                 "restart it to serve this code")
-    named = [a.split("=", 1)[1] for a in message.get("args", []) if a.startswith("backend.ray_address=")]
+    named = [a.split("=", 1)[1] for a in args if a.startswith("backend.ray_address=")]
     if named and named[-1] not in {str(address), *(("null", "None", "~", "") if address is None else ())}:
         return f"the command names backend.ray_address={named[-1]}; the fedcls server is attached to {address}"
     env = {k: os.environ.get(k) for k in SAME_ENV}
