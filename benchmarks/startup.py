@@ -65,25 +65,25 @@ def stamped_run(overrides: list[str], env: dict) -> dict[str, float]:
 def start_head(env: dict) -> subprocess.Popen:
     """`ray start --head --block` (the README's long-lived Ray) on PORT, returned once it is up."""
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    proc = subprocess.Popen([ray, "start", "--head", f"--port={PORT}", "--include-dashboard=false",
-                             "--disable-usage-stats", "--block"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    return started([ray, "start", "--head", f"--port={PORT}", "--include-dashboard=false", "--disable-usage-stats",
+                    "--block"], ("--block", "Ray runtime started"), env)
+
+
+def started(command: list[str], ready: tuple[str, ...], env: dict) -> subprocess.Popen:
+    """`command` started, returned once a line of its output holds one of `ready` (its pipe then kept
+    drained); exits naming it when it ends before."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     for line in proc.stdout:
-        if "--block" in line or "Ray runtime started" in line:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
+        if any(marker in line for marker in ready):
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc
-    sys.exit("ray start --head failed")
+    sys.exit(f"{' '.join(command[:4])} failed")
 
 
 def start_warm_driver(socket: str, overrides: list[str], env: dict) -> subprocess.Popen:
     """`python -m fedcls.serve` on `socket`, returned once it serves commands."""
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "fedcls.serve", f"socket={socket}", *overrides],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    for line in proc.stdout:
-        if "serving commands at" in line:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc
-    sys.exit("python -m fedcls.serve failed")
+    return started([sys.executable, "-u", "-m", "fedcls.serve", f"socket={socket}", *overrides],
+                   ("serving commands at",), env)
 
 
 def forget_head() -> None:
