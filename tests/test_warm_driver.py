@@ -182,3 +182,5 @@ def test_a_driver_with_bad_input_exits_2_naming_the_fix(tmp_path, capsys):
     shared.chmod(0o777)
     assert main([f"socket={shared / 's.sock'}"]) == 2
     assert "not a folder only you can enter" in capsys.readouterr().err
+    assert main([f"socket={tmp_path / ('x' * 120) / 's.sock'}"]) == 2
+    assert "cannot listen at socket=" in capsys.readouterr().err

@@ -256,6 +256,16 @@ def _listen(path: Path) -> socket.socket:
     server answers there."""
     from fedcls.errors import UserError
 
+    try:
+        return _bound(path)
+    except OSError as err:  # a folder that cannot be made, a path too long for a socket (~100 bytes)
+        raise UserError(f"cannot listen at socket={path}: {err.strerror or err}; pass socket=<a short path in a "
+                        "folder of yours>") from None
+
+
+def _bound(path: Path) -> socket.socket:
+    from fedcls.errors import UserError
+
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.parent.stat().st_uid != os.getuid() or path.parent.stat().st_mode & 0o077:
         raise UserError(f"{path.parent} is not a folder only you can enter; pass socket=<path in such a folder>")
