@@ -38,9 +38,9 @@ def check_across_keys(cfg: Config) -> None:
                                      and cfg.run_id not in (".", "..")),
              f"run_id must be a plain folder name (letters, digits, . _ = -), got {cfg.run_id!r}: the run folder "
              f"is created under output_dir")
-    _require(not (cfg.backend.keep_actors and cfg.backend.executor == "cohort"),
-             "backend.keep_actors keeps the ClientApp executor's actors; the cohort executor starts its own "
-             "workers every run: drop backend.keep_actors (or use backend.executor=clientapp)")
+    _require(not (cfg.backend.keep_actors and cfg.backend.executor != "clientapp"),
+             f"backend.keep_actors keeps the ClientApp executor's actors; the {cfg.backend.executor} executor "
+             f"has none to keep: drop backend.keep_actors (or use backend.executor=clientapp)")
     _require(cfg.data.local_test_fraction > 0 or not cfg.domain.targets,
              "data.local_test_fraction=0 leaves the target sites (domain.targets) no labelled test split "
              "to measure target_accuracy on: set data.local_test_fraction > 0 (e.g. 0.2)")

@@ -175,8 +175,10 @@ class BackendConfig:
                             "instance), warm for the next run of the same code, which then skips their start-up; "
                             "`ray stop` ends them")
     executor: str = opt("clientapp", "clientapp (a Flower ClientApp per client, the reference) | cohort (Ray "
-                        "actors each train many clients at once, vmapped; fedcls.apps.cohort)",
-                        choices=("clientapp", "cohort"))
+                        "actors each train many clients at once, vmapped; fedcls.apps.cohort) | inprocess (the "
+                        "ClientApp called in this process, no Ray: the same numbers; a sweep runs such runs side "
+                        "by side; fedcls.engine.inprocess)",
+                        choices=("clientapp", "cohort", "inprocess"))
     cohort_size: int = opt(0, "cohort: clients trained together per actor call; 0 = all of an actor's", ge=0,
                            hint="0: all")
     cohort_actors: int = opt(1, "cohort: actors (each takes backend.num_cpus and backend.num_gpus)", ge=1)

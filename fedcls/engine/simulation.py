@@ -49,10 +49,15 @@ def backend_config(cfg: Config) -> dict:
 
 def simulate(cfg: Config, data: FederatedData, recorder: Recorder, resume: dict | None = None) -> None:
     """Run the configured federation as a Flower simulation on Ray (or, with
-    backend.executor=cohort, with clients trained in cohorts on Ray actors). An exception
+    backend.executor=cohort, with clients trained in cohorts on Ray actors; with
+    backend.executor=inprocess, with the ClientApp called in this process). An exception
     leaving it has ``server_running`` True when the ServerApp thread did not stop in time."""
     with quiet_warnings(cfg.verbose):
-        if cfg.backend.executor == "cohort":
+        if cfg.backend.executor == "inprocess":
+            from fedcls.engine.inprocess import run_inprocess
+
+            run_inprocess(cfg, data, recorder, resume, STOP)
+        elif cfg.backend.executor == "cohort":
             from fedcls.engine.cohort_grid import run_cohorts
 
             actor_reserve.release()  # a sweep's warm client actors hold the CPUs the cohorts need

@@ -166,34 +166,71 @@ def _sweep(args: list[str], study: Path, common: list[str], points: list[list[st
     refuse_collisions(common, points, runs_dir)
     todo = [(p, c) for p, c in zip(points, configs) if not is_finished(runs_dir / run_id_of(p))]
     print(f"sweep {study}: {len(points)} runs, {len(points) - len(todo)} already done", flush=True)
-    failed, started, seconds = [], time.time(), []
     from fedcls.engine.simulation import shared_ray
     from fedcls.outputs.results import plots_in_background
 
+    console = GridConsole(len(points), len(todo))
     with plots_in_background(), shared_ray(configs[0].backend.ray_address, first=todo[0][1] if todo else None):
         from fedcls.engine.lifecycle import ray_started
+        from fedcls.studies.side_by_side import slots
 
-        print(f"  ray     {ray_started(configs[0].backend.ray_address)} ({time.time() - started:.1f}s)", flush=True)
-        for k, (point, cfg) in enumerate(todo, 1):
-            number = f"[{len(points) - len(todo) + k}/{len(points)}]"
-            grid_left = remaining(seconds, len(todo) - k + 1)  # this run included
-            print(f"{number} {run_id_of(point)}: started"
-                  + (f"; the grid has ~{duration(grid_left)} left" if grid_left else ""), flush=True)
-            after = remaining(seconds, len(todo) - k)  # the runs after this one, at the pace so far
-            status, summary = run_point(cfg, runs_dir, run_progress(cfg, number, after))
-            seconds.append(summary.get("seconds") or time.time() - started - sum(seconds))
-            if status == "failed":
-                failed.append(run_id_of(point))
-            acc = summary.get("final_accuracy")
-            grid_left = remaining(seconds, len(todo) - k)
-            print(f"{number} {run_id_of(point)}: {status}"
-                  f"{f', accuracy {acc:.4f}' if acc is not None else ''} in {duration(seconds[-1])}; "
-                  f"{duration(time.time() - started)} elapsed"
-                  + (f", ~{duration(grid_left)} left" if k < len(todo) else ""), flush=True)
+        print(f"  ray     {ray_started(configs[0].backend.ray_address)} ({time.time() - console.started:.1f}s)",
+              flush=True)
+        if count := slots([c for _, c in todo]):
+            _side_by_side(todo, runs_dir, count, console)
+        else:
+            for point, cfg in todo:
+                number = console.start(run_id_of(point))
+                status, summary = run_point(cfg, runs_dir, run_progress(cfg, number, console.left(after_this=True)))
+                console.finish(run_id_of(point), status, summary)
+    failed = console.failed
     (study / "failed.json").write_text(json.dumps(failed, indent=2))
     print(f"study in {study}: {len(points) - len(failed)} of {len(points)} runs finished"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def _side_by_side(todo: list[tuple[list[str], Config]], runs_dir: Path, count: int, console: GridConsole) -> None:
+    from fedcls.engine import actor_reserve
+    from fedcls.studies.side_by_side import run_side_by_side
+
+    actor_reserve.release()  # a warm driver's client actors hold the CPUs the points need
+    console.at_once = count
+    print(f"  grid    {count} runs at a time (backend.executor=inprocess, {todo[0][1].backend.num_cpus} CPU each); "
+          f"a line as each starts and ends", flush=True)
+    run_side_by_side([(run_id_of(p), c) for p, c in todo], runs_dir, count, console.start, console.finish)
+
+
+class GridConsole:
+    """A sweep's lines: a run started, a run ended (its accuracy, time and the grid's time left,
+    at the pace so far over `at_once` runs at a time); keeps the failed runs."""
+
+    def __init__(self, total: int, todo: int):
+        self.total, self.todo, self.at_once = total, todo, 1
+        self.started, self.seconds, self.failed = time.time(), [], []
+        self.numbers: dict[str, str] = {}
+
+    def left(self, after_this: bool = False) -> float | None:
+        """Seconds the runs not yet finished need (`after_this`: not counting the one starting)."""
+        left = remaining(self.seconds, self.todo - len(self.seconds) - after_this)
+        return left / self.at_once if left is not None else None
+
+    def start(self, run_id: str) -> str:
+        number = self.numbers[run_id] = f"[{self.total - self.todo + len(self.numbers) + 1}/{self.total}]"
+        grid_left = self.left()
+        print(f"{number} {run_id}: started" + (f"; the grid has ~{duration(grid_left)} left" if grid_left else ""),
+              flush=True)
+        return number
+
+    def finish(self, run_id: str, status: str, summary: dict) -> None:
+        self.seconds.append(summary.get("seconds") or time.time() - self.started - sum(self.seconds))
+        if status == "failed":
+            self.failed.append(run_id)
+        acc = summary.get("final_accuracy")
+        grid_left = self.left()
+        print(f"{self.numbers[run_id]} {run_id}: {status}{f', accuracy {acc:.4f}' if acc is not None else ''} in "
+              f"{duration(self.seconds[-1])}; {duration(time.time() - self.started)} elapsed"
+              + (f", ~{duration(grid_left)} left" if len(self.seconds) < self.todo else ""), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
