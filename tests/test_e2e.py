@@ -1,6 +1,7 @@
 """End-to-end: the real CLI, a real Flower simulation on Ray, real files."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -43,9 +44,11 @@ def test_simulation_writes_every_file_and_learns(cli, tmp_path):
 
 def test_same_seed_gives_identical_rounds_alone_and_on_a_sweeps_reused_actors(cli, tmp_path):
     """A single FedAvg run, then one sweep of FedProx with mu=0 twice: its first run on the actors
-    it started, its second on the actors the first one left warm (fedcls.engine.actor_reserve).
-    Identical rounds show that a run is reproducible, that a sweep and its reused actors change no
-    number, and that FedProx(mu=0) computes FedAvg's."""
+    it started, its second on the actors the first one left warm (fedcls.engine.actor_reserve);
+    then the same sweep on the inprocess executor, its two runs side by side (one actor each, the
+    ClientApp called in it). Identical rounds show that a run is reproducible, that a sweep, its
+    reused actors, the inprocess executor and runs side by side change no number, and that
+    FedProx(mu=0) computes FedAvg's."""
     import subprocess
     import sys
 
@@ -53,15 +56,17 @@ def test_same_seed_gives_identical_rounds_alone_and_on_a_sweeps_reused_actors(cl
 
     args = ["scenario=label_2", "num_clients=4", "fraction_train=0.5", "seed=3"]
     single = run(cli, tmp_path / "single", *args)[2]
-    result = subprocess.run([sys.executable, "-m", "fedcls.sweep", f"output_dir={tmp_path / 'sweep'}", *SMALL, *args,
-                             "strategy=fedprox", "strategy.proximal_mu=0,0.0"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    swept = [[json.loads(line) for line in (tmp_path / "sweep" / "runs" / name / "metrics.jsonl").read_text().splitlines()]
-             for name in ("strategy.proximal_mu-0", "strategy.proximal_mu-0.0")]
     keys = ("accuracy", "loss", "train", "clients")
-    for rows in swept:
-        assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in single]
+    for study, executor in (("sweep", "clientapp"), ("side_by_side", "inprocess")):
+        result = subprocess.run([sys.executable, "-m", "fedcls.sweep", f"output_dir={tmp_path / study}", *SMALL, *args,
+                                 "strategy=fedprox", "strategy.proximal_mu=0,0.0", f"backend.executor={executor}"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        swept = [[json.loads(line) for line in (tmp_path / study / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+                 for name in ("strategy.proximal_mu-0", "strategy.proximal_mu-0.0")]
+        for rows in swept:
+            assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in single], executor
+    assert ("2 runs at a time" in result.stdout) == (os.cpu_count() >= 2), result.stdout
     assert all(r["sampled"] == 2 for r in single)
 
 

@@ -12,6 +12,7 @@ over a CohortGrid, the cohort executor's grid, with one worker here.
 
 from __future__ import annotations
 
+import copy
 import threading
 
 from flwr.app import Message
@@ -31,7 +32,9 @@ class ClientAppWorker(CohortWorker):
     def _single(self, site: int, msg: Message) -> Message:
         from fedcls.apps.client_app import app
 
-        return app(msg, self.context(site))
+        # its own copy, as a transport delivers it: the server sends every site the same records
+        # and Flower's SecAgg+ mod pops keys from them (the arrays' bytes are shared, not copied)
+        return app(copy.deepcopy(msg), self.context(site))
 
 
 def run_inprocess(cfg: Config, data: FederatedData, recorder, resume: dict | None = None,

@@ -1,0 +1,68 @@
+"""Grid points side by side (fedcls.studies.side_by_side): real Ray actors of this machine, each
+running its point as the sweep runs one alone; Ctrl-C stops the running points, and no other
+starts. In this process. (Their numbers equal a run alone: tests/test_e2e.py.)"""
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from fedcls.config import compose
+from fedcls.errors import STOP, Interrupted
+from fedcls.studies.side_by_side import run_side_by_side, slots
+from fedcls.studies.sweep import point_config
+
+pytestmark = pytest.mark.e2e
+COMMON = ["backend.executor=inprocess", "num_clients=3", "model=mlp", "rounds=40", "local_epochs=1",
+          "save_model=false", "plots=none"]
+
+
+def rows_of(run_dir) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def stop_once_both_have_a_round(run_dirs: list, timeout: float = 120) -> None:
+    """Ctrl-C, as the sweep's handler gives it, once every run in `run_dirs` has written a round."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not all(rows_of(d) for d in run_dirs):
+        time.sleep(0.1)
+    STOP.set()
+
+
+def test_points_run_side_by_side_and_ctrl_c_stops_the_running_ones(tmp_path):
+    from fedcls.engine.simulation import shared_ray
+
+    runs = tmp_path / "runs"
+    configs = [point_config(COMMON, [f"seed={seed}"], runs) for seed in range(3)]
+    events: list[tuple[str, str]] = []
+
+    def started(run_id: str) -> None:
+        events.append(("started", run_id))
+        if len(events) == 2:  # both actors busy: Ctrl-C once each has a round
+            threading.Thread(target=stop_once_both_have_a_round, args=([runs / e[1] for e in events],)).start()
+
+    def finished(run_id: str, status: str, summary: dict) -> None:
+        events.append((status, run_id))
+
+    cpus = os.cpu_count() or 1
+    try:
+        with shared_ray(first=configs[0]):
+            assert slots(configs) == (min(3, cpus) if cpus >= 2 else 0)
+            assert slots(configs[:1]) == 0  # one point: it runs in the sweep's process
+            assert slots([configs[0], compose(["num_clients=3"])]) == 0  # a clientapp point: one after another
+            if cpus < 2:
+                pytest.skip("side by side needs 2 CPUs")
+            with pytest.raises(Interrupted):
+                run_side_by_side([(c.run_id, c) for c in configs], runs, 2, started, finished)
+    finally:
+        STOP.clear()
+    first, second = configs[0].run_id, configs[1].run_id
+    assert events[:2] == [("started", first), ("started", second)]
+    assert sorted(events[2:]) == [("interrupted", first), ("interrupted", second)]  # the third never started
+    assert not (runs / configs[2].run_id).exists()
+    for run_id in (first, second):
+        summary = json.loads((runs / run_id / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and 1 <= len(rows_of(runs / run_id)) < 40
