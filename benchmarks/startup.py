@@ -11,6 +11,9 @@ what the client actors import, timed in a fresh Python.
 
     python benchmarks/startup.py [--repeat 3] [key=value ...]
 
+The second table runs the default scenario on the inprocess executor (``backend.executor=inprocess``):
+no Ray, the ClientApp called in the command's process ("clients" phase), the same numbers.
+
 The last table runs each command in a warm driver (``python -m fedcls.serve``, ``FEDCLS_SERVER``),
 started once before (not counted, as ``ray start`` is not) and warmed by one command: the command
 imports nothing heavy and the driver holds Ray, PyTorch, Flower and warm client actors.
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 
 PORT = 6391  # the attached start's head; an explicit address, so another Ray on this machine is not used
-PHASES = [("header", "fedcls:"), ("data", "  data"), ("ray", "  ray"), ("flower", "  flower"),
+PHASES = [("header", "fedcls:"), ("data", "  data"), ("clients", "  clients"), ("ray", "  ray"), ("flower", "  flower"),
           ("sites", "  sites"), ("round 1", "round   1/"), ("round 2", "round   2/")]
 
 
@@ -127,6 +130,7 @@ def main() -> None:
         base = [f"output_dir={tmp}", "save_model=false", *args.overrides]
         stamped_run(base, env)  # warm the file cache and bytecode, as a researcher's second run is
         cold = [stamped_run(base, env) for _ in range(args.repeat)]
+        inprocess = [stamped_run([*base, "backend.executor=inprocess"], env) for _ in range(args.repeat)]
         head = start_head(env)
         try:
             address = f"backend.ray_address=127.0.0.1:{PORT}"
@@ -146,6 +150,7 @@ def main() -> None:
             driver.terminate()  # SIGTERM: the driver ends its Ray and actors
             driver.wait()
     table("cold: Ray started by the run", cold)
+    table("no Ray: backend.executor=inprocess (the ClientApp in the run's process, one client at a time)", inprocess)
     table("attached: backend.ray_address=auto", attached)
     table("attached, actors kept by an earlier run: backend.keep_actors=true", kept)
     table("through a warm driver: python -m fedcls.serve, FEDCLS_SERVER", served)

@@ -19,6 +19,14 @@ busy 2-core machine); ``--threads 1`` is steadier but gives the plain loop one c
     python benchmarks/sweep_overhead.py seed=0 rounds=2              # an override replaces its default
     python benchmarks/sweep_overhead.py --singles   # also every grid point as its own fedcls.simulate command
     python benchmarks/sweep_overhead.py --served    # also the sweep sent to a warm driver (python -m fedcls.serve)
+    python benchmarks/sweep_overhead.py --inprocess # also the sweep on backend.executor=inprocess (runs side by side)
+    python benchmarks/sweep_overhead.py --inprocess rounds=15 local_epochs=2   # the reference study's run length
+
+``--inprocess`` times the same sweep command with ``backend.executor=inprocess`` added: no client
+actors, each grid point run by one Ray actor of its own, as many at once as there are CPUs
+(fedcls.studies.side_by_side). The default grid's runs are short (3 rounds of 1 epoch, ~1.3 s of
+training each), so a command's fixed costs (Python, Ray, actors: ~8 s) weigh on its ratio; the
+reference study (results/studies/niid_mnist5k) runs 15 rounds of 2 local epochs.
 
 ``--served`` starts the warm driver first (not counted, as a researcher starts it once a day) and
 times the same sweep command with FEDCLS_SERVER set, from the command to its exit.
@@ -128,6 +136,8 @@ def main() -> None:
     parser.add_argument("--singles", action="store_true",
                         help="also run each grid point as its own python -m fedcls.simulate (slow)")
     parser.add_argument("--served", action="store_true", help="also the sweep sent to a warm driver (fedcls.serve)")
+    parser.add_argument("--inprocess", action="store_true",
+                        help="also the sweep on backend.executor=inprocess (grid points side by side)")
     parser.add_argument("--threads", type=int, help="PyTorch threads of the plain loop (default: PyTorch's)")
     parser.add_argument("overrides", nargs="*", help="key=value or key=a,b grid overrides (replace the defaults')")
     args = parser.parse_args()
@@ -145,6 +155,10 @@ def main() -> None:
         if args.served:
             served_wall = served_sweep(tmp, overrides, common) / runs
             served_rounds = round_seconds(Path(tmp) / "served" / "runs") / runs
+        if args.inprocess:
+            inprocess_wall = timed(["fedcls.sweep", f"output_dir={tmp}/inprocess", *overrides,
+                                    "backend.executor=inprocess"]) / runs
+            inprocess_rounds = round_seconds(Path(tmp) / "inprocess" / "runs") / runs
     if args.threads:
         torch.set_num_threads(args.threads)
     plain = [plain_run(compose([*common, *point])) for point in points]
@@ -154,10 +168,15 @@ def main() -> None:
         print(f"single commands:      {single_wall:6.1f} s/run wall, {single_rounds:.1f} s/run in rounds")
     if args.served:
         print(f"sweep, warm driver:   {served_wall:6.1f} s/run wall, {served_rounds:.1f} s/run in rounds")
+    if args.inprocess:
+        print(f"sweep, inprocess:     {inprocess_wall:6.1f} s/run wall, {inprocess_rounds:.1f} s/run in rounds "
+              f"(its runs side by side)")
     print(f"plain PyTorch loop:   {plain_wall:6.1f} s/run (data {plain_data:.1f} s/run), in this process on {torch.get_num_threads()} thread(s)")
     print(f"ratio sweep wall / plain loop: {sweep_wall / plain_wall:.2f} (target <= 1.2)")
     if args.served:
         print(f"ratio sweep with a warm driver / plain loop: {served_wall / plain_wall:.2f} (target <= 1.2)")
+    if args.inprocess:
+        print(f"ratio sweep on backend.executor=inprocess / plain loop: {inprocess_wall / plain_wall:.2f} (target <= 1.2)")
     if args.singles:
         print(f"ratio sweep / single commands: {sweep_wall / single_wall:.2f}")
 

@@ -10,9 +10,10 @@ import time
 import pytest
 
 from fedcls.config import compose
+from fedcls.engine import actor_reserve
 from fedcls.errors import STOP, Interrupted
-from fedcls.studies.side_by_side import run_side_by_side, slots
-from fedcls.studies.sweep import point_config
+from fedcls.studies.side_by_side import make_room, run_side_by_side
+from fedcls.studies.sweep import point_config, run_point
 
 pytestmark = pytest.mark.e2e
 COMMON = ["backend.executor=inprocess", "num_clients=3", "model=mlp", "rounds=40", "local_epochs=1",
@@ -49,14 +50,15 @@ def test_points_run_side_by_side_and_ctrl_c_stops_the_running_ones(tmp_path):
 
     cpus = os.cpu_count() or 1
     try:
-        with shared_ray(first=configs[0]):
-            assert slots(configs) == (min(3, cpus) if cpus >= 2 else 0)
-            assert slots(configs[:1]) == 0  # one point: it runs in the sweep's process
-            assert slots([configs[0], compose(["num_clients=3"])]) == 0  # a clientapp point: one after another
+        with shared_ray(first=compose(["num_clients=3", "model=mlp"])):  # warm client actors hold the CPUs
+            assert make_room(configs) == (min(3, cpus) if cpus >= 2 else 0)  # ... until it ends them
+            assert actor_reserve._reserve == {}
+            assert make_room(configs[:1]) == 0  # one point: it runs in the sweep's process
+            assert make_room([configs[0], compose(["num_clients=3"])]) == 0  # a clientapp point: one after another
             if cpus < 2:
                 pytest.skip("side by side needs 2 CPUs")
             with pytest.raises(Interrupted):
-                run_side_by_side([(c.run_id, c) for c in configs], runs, 2, started, finished)
+                run_side_by_side([(c.run_id, c) for c in configs], runs, 2, run_point, started, finished)
     finally:
         STOP.clear()
     first, second = configs[0].run_id, configs[1].run_id

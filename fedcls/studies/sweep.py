@@ -172,11 +172,11 @@ def _sweep(args: list[str], study: Path, common: list[str], points: list[list[st
     console = GridConsole(len(points), len(todo))
     with plots_in_background(), shared_ray(configs[0].backend.ray_address, first=todo[0][1] if todo else None):
         from fedcls.engine.lifecycle import ray_started
-        from fedcls.studies.side_by_side import slots
+        from fedcls.studies.side_by_side import make_room
 
         print(f"  ray     {ray_started(configs[0].backend.ray_address)} ({time.time() - console.started:.1f}s)",
               flush=True)
-        if count := slots([c for _, c in todo]):
+        if count := make_room([c for _, c in todo]):
             _side_by_side(todo, runs_dir, count, console)
         else:
             for point, cfg in todo:
@@ -191,14 +191,12 @@ def _sweep(args: list[str], study: Path, common: list[str], points: list[list[st
 
 
 def _side_by_side(todo: list[tuple[list[str], Config]], runs_dir: Path, count: int, console: GridConsole) -> None:
-    from fedcls.engine import actor_reserve
     from fedcls.studies.side_by_side import run_side_by_side
 
-    actor_reserve.release()  # a warm driver's client actors hold the CPUs the points need
     console.at_once = count
     print(f"  grid    {count} runs at a time (backend.executor=inprocess, {todo[0][1].backend.num_cpus} CPU each); "
           f"a line as each starts and ends", flush=True)
-    run_side_by_side([(run_id_of(p), c) for p, c in todo], runs_dir, count, console.start, console.finish)
+    run_side_by_side([(run_id_of(p), c) for p, c in todo], runs_dir, count, run_point, console.start, console.finish)
 
 
 class GridConsole:
@@ -212,8 +210,9 @@ class GridConsole:
 
     def left(self, after_this: bool = False) -> float | None:
         """Seconds the runs not yet finished need (`after_this`: not counting the one starting)."""
-        left = remaining(self.seconds, self.todo - len(self.seconds) - after_this)
-        return left / self.at_once if left is not None else None
+        runs_left = self.todo - len(self.seconds) - after_this
+        left = remaining(self.seconds, runs_left)
+        return left / max(min(self.at_once, runs_left), 1) if left is not None else None
 
     def start(self, run_id: str) -> str:
         number = self.numbers[run_id] = f"[{self.total - self.todo + len(self.numbers) + 1}/{self.total}]"
@@ -230,7 +229,8 @@ class GridConsole:
         grid_left = self.left()
         print(f"{self.numbers[run_id]} {run_id}: {status}{f', accuracy {acc:.4f}' if acc is not None else ''} in "
               f"{duration(self.seconds[-1])}; {duration(time.time() - self.started)} elapsed"
-              + (f", ~{duration(grid_left)} left" if len(self.seconds) < self.todo else ""), flush=True)
+              + (f", ~{duration(grid_left)} left" if len(self.seconds) < self.todo and status != "interrupted" else ""),
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
