@@ -23,7 +23,25 @@ def test_the_clientapps_mods_run_in_process_secagg_included(tmp_path):
     """SecAgg+ is a mod of the ClientApp: through the inprocess executor the server's SecAgg+
     workflow gets the sites' masked vectors (more bytes back, the protocol's exchanges) and their
     unmasked mean equals the plain mean within the quantisation."""
-    plain, masked = one_round(tmp_path, "plain"), one_round(tmp_path, "secagg", "privacy.secagg=true")
+    import torch
+
+    threads = torch.get_num_threads()
+    plain, masked = one_round(tmp_path, "plain", "backend.num_cpus=3"), one_round(tmp_path, "secagg", "privacy.secagg=true")
+    assert torch.get_num_threads() == threads  # the driver's own, after runs on 3 and 1
     assert masked["loss"] == pytest.approx(plain["loss"], rel=1e-3) and masked["loss"] != plain["loss"]
     assert masked["bytes"]["from_sites"] > 1.5 * plain["bytes"]["from_sites"]
     assert sorted(s for s, _ in masked["trained"]) == [0, 1, 2] and masked["failures"] == []
+
+
+def test_a_runs_torch_settings_hold_within_it_and_the_drivers_come_back():
+    """The inprocess executor trains on backend.num_cpus threads in the driver, which may go on
+    (a sweep, a warm driver): its own settings come back after the run."""
+    import torch
+
+    from fedcls.apps.torch_settings import applied, applied_within
+
+    threads, tf32, before = torch.get_num_threads(), torch.backends.cudnn.allow_tf32, applied()
+    with applied_within(threads + 1, not tf32):
+        assert torch.get_num_threads() == threads + 1 and torch.backends.cudnn.allow_tf32 is (not tf32)
+        assert applied() == {"num_threads": threads + 1, "tf32": not tf32}
+    assert torch.get_num_threads() == threads and torch.backends.cudnn.allow_tf32 is tf32 and applied() == before

@@ -6,6 +6,8 @@ process: each is set when it differs from what this module last set, not on ever
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 _applied: dict[str, object] = {}  # setting -> the value this process was given
@@ -21,6 +23,22 @@ def apply_torch_settings(num_threads: int, tf32: bool) -> None:
     if _applied.get("tf32") != tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
         _applied["tf32"] = tf32
+
+
+@contextlib.contextmanager
+def applied_within(num_threads: int, tf32: bool):
+    """apply_torch_settings while inside, then this process's settings as they were: a driver
+    whose clients train in it (the inprocess executor) outlives the run in a sweep or warm driver."""
+    before = (torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+              dict(_applied))
+    apply_torch_settings(num_threads, tf32)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[1], before[2]
+        _applied.clear()
+        _applied.update(before[3])
 
 
 def applied() -> dict[str, object]:

@@ -44,16 +44,16 @@ def run_inprocess(cfg: Config, data: FederatedData, recorder, resume: dict | Non
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedcls.apps.server_app import run_and_record
-    from fedcls.apps.torch_settings import apply_torch_settings
+    from fedcls.apps.torch_settings import applied_within
     from fedcls.engine.cohort_grid import CohortGrid
     from fedcls.engine.lifecycle import StoppableGrid
     from fedcls.engine.logs import quiet_logs
 
     quiet_logs(cfg.verbose)
-    apply_torch_settings(cfg.backend.num_cpus, cfg.backend.tf32)  # the threads a client actor trains on
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0  # the server's identity
     recorder.progress.phase("clients", f"the ClientApp answers in this process, one client at a time on "
                                        f"{max(int(cfg.backend.num_cpus), 1)} torch thread(s); no Ray")
     grid = CohortGrid(cfg.num_clients, [ClientAppWorker()], recorder.echo)
     grid.on_replies = recorder.progress.replies
-    run_and_record(StoppableGrid(grid, stop or threading.Event()), cfg, data, recorder, resume)
+    with applied_within(cfg.backend.num_cpus, cfg.backend.tf32):  # the threads a client actor trains on
+        run_and_record(StoppableGrid(grid, stop or threading.Event()), cfg, data, recorder, resume)
