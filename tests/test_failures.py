@@ -206,6 +206,7 @@ def test_a_failed_ray_run_leaves_its_traceback_and_one_console_line(tmp_path, ca
     """On Flower's Ray simulation: every client crashes, the run stops (faults.min_train_nodes),
     error.txt holds the traceback, client_errors.txt the clients' Ray tracebacks."""
     from fedcls.engine.runner import run
+    from fedcls.errors import STOP
 
     cfg = compose([*SMALL, "num_clients=2", "rounds=2", "faults.crash_prob=1.0", "faults.min_train_nodes=1",
                    f"output_dir={tmp_path}", "run_id=run"])
@@ -221,6 +222,7 @@ def test_a_failed_ray_run_leaves_its_traceback_and_one_console_line(tmp_path, ca
     assert summary["status"] == "failed" and summary["error_file"] == "error.txt"
     clients = (run_dir / "client_errors.txt").read_text()
     assert clients.count("round 1, site ") == 2 and clients.count(", in client_side\n") == 2  # remote frames
+    assert not STOP.is_set()  # the stop that ended the ServerApp thread was the failure's: a sweep's next run goes on
 
 
 def test_round_timeout_binds_from_the_second_round_a_process_runs(monkeypatch, tmp_path):

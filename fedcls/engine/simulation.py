@@ -96,10 +96,13 @@ def _flower_simulation(cfg: Config, data: FederatedData, recorder: Recorder, res
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.num_clients,
                        backend_config=backend_config(cfg), verbose_logging=cfg.verbose)
     except BaseException as err:
-        stop.set()
+        asked = stop.is_set()  # Ctrl-C came first
+        stop.set()  # the ServerApp thread ends at its next grid call
         stopped = running.acquire(timeout=STOP_WAIT_S)
         if stopped:
             running.release()
+            if not asked and not isinstance(err, KeyboardInterrupt):
+                stop.clear()  # the failure's stop, not the user's: the next run in this process (a sweep's) goes on
         err.server_running = not stopped  # type: ignore[attr-defined]  # see fedcls.engine.runner
         raise
 
