@@ -31,6 +31,7 @@ def applied_within(num_threads: int, tf32: bool):
     whose clients train in it (the inprocess executor) outlives the run in a sweep or warm driver."""
     before = (torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
               dict(_applied))
+    _applied.clear()  # set both, whatever was set since this module last did (the run's numbers depend on them)
     apply_torch_settings(num_threads, tf32)
     try:
         yield
